@@ -1,0 +1,67 @@
+"""A call on its way through the supervisor, and how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Ending(enum.Enum):
+    """How a call ended, from the runtime's point of view."""
+
+    OK = "ok"  # the handler returned a value
+    FUNCTION_ERROR = "error"  # the handler raised
+    INIT_ERROR = "init_error"  # the entry point does not import
+    UNSERIALIZABLE = "unserializable"  # the handler returned something JSON cannot carry
+    TIMEOUT = "timeout"  # the call (or the import before it) ran past its deadline
+    CRASH = "crash"  # the worker died mid-call
+    PROTOCOL_ERROR = "protocol_error"  # the worker sent bytes that are not a valid frame
+    RUNTIME_ERROR = "runtime_error"  # the supervisor itself could not serve the call
+    SHUTDOWN = "shutdown"  # the supervisor is stopping and will not run the call
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An ending and what came with it: the returned value, or the error object."""
+
+    ending: Ending
+    value: Any = None
+    detail: str = ""
+
+
+class Call:
+    """One invocation: the event, and the timings the REPORT line is made of.
+
+    Timings are time.perf_counter() readings: the loop's clock is too coarse for a REPORT.
+    """
+
+    __slots__ = (
+        "arrived_at",
+        "dispatched_at",
+        "event",
+        "finished_at",
+        "future",
+        "init_duration_s",
+        "instance_id",
+        "peak_kb",
+        "request_id",
+    )
+
+    def __init__(self, request_id: str, event: Any, arrived_at: float,
+                 future: asyncio.Future[Outcome]) -> None:
+        self.request_id = request_id
+        self.event = event
+        self.arrived_at = arrived_at
+        self.future = future
+        self.dispatched_at: float | None = None
+        self.finished_at: float | None = None
+        self.init_duration_s: float | None = None
+        self.instance_id: int | None = None
+        self.peak_kb = 0
+
+    def resolve(self, outcome: Outcome) -> None:
+        """Hand the outcome to whoever awaits the call (once; later outcomes are ignored)."""
+        if not self.future.done():
+            self.future.set_result(outcome)

@@ -1,0 +1,177 @@
+"""The `sfsupervisor` command: arguments (or SFSUPERVISOR_* variables) to a Config, then run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from supervisor import __version__, runner
+from supervisor.config import ENV_PREFIX, Config
+from supervisor.logs import LEVELS
+
+# The platform's default lifetime of an IAM token, in seconds.
+TOKEN_EXPIRES_IN_S = 43200
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script and of `python -m supervisor`."""
+    config = parse_config(argv)
+    sys.exit(runner.run(config))
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Read the command line and environment; exit 2 with one line on any error."""
+    args = _parser().parse_args(argv)
+    if args.entrypoint is None:
+        _fail("the entry point is required, e.g. `sfsupervisor index.handler`")
+    code_root = Path(args.dir).resolve()
+    if not code_root.is_dir():
+        _fail(f"code root {code_root} is not a directory")
+    _check_entrypoint(args.entrypoint, code_root)
+    _check_range("--instances", args.instances, 1, 1024)
+    _check_range("--port", args.port, 0, 65535)
+    _check_range("--timeout", args.timeout, 0.001, 86400)
+    _check_range("--memory", args.memory, 1, 1024 * 1024)
+    env = _read_env_file(args.env_file) if args.env_file else {}
+    env.update(_parse_assignment(item, "--env") for item in args.env)
+    return Config(
+        entrypoint=args.entrypoint,
+        code_root=code_root,
+        instances=args.instances,
+        host=args.host,
+        port=args.port,
+        timeout_s=args.timeout,
+        memory_mb=args.memory,
+        function_name=args.function_name or code_root.name or "function",
+        function_version=args.function_version,
+        env=env,
+        token=_parse_token(args.token) if args.token else None,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfsupervisor",
+        description="Serve a Python serverless function (Yandex Cloud Functions model, "
+                    "handler(event, context)) over HTTP from a pool of isolated worker "
+                    f"processes. Every option can also be set by an environment variable "
+                    f"({ENV_PREFIX}<OPTION>, shown with each option).",
+    )
+    option = _OptionAdder(parser)
+    parser.add_argument("entrypoint", metavar="ENTRYPOINT", nargs="?",
+                        default=os.environ.get(f"{ENV_PREFIX}ENTRYPOINT"),
+                        help="the handler as <file>.<function>, e.g. index.handler "
+                             f"(env {ENV_PREFIX}ENTRYPOINT)")
+    option("--dir", str, ".", "the function's code root: the directory holding <file>.py")
+    option("--instances", int, 1, "worker processes, each serving one call at a time")
+    option("--host", str, "127.0.0.1", "address to listen on")
+    option("--port", int, int(os.environ.get("PORT", "8080")),
+           "port to listen on (also $PORT; 0 picks a free one)")
+    option("--timeout", float, 5.0, "execution timeout of a call in seconds; an instance's "
+                                    "first call includes its initialization")
+    option("--memory", int, 128, "memory limit in MB (context.memory_limit_in_mb)")
+    option("--function-name", str, None, "context.function_name (default: the code root's name)")
+    option("--function-version", str, "$latest", "context.function_version")
+    option("--env-file", str, None, "file of KEY=VALUE lines for the function's environment")
+    option("--token", str, None, "context.token: a JSON object, or a bare IAM token")
+    option("--log-format", str, "text", "log lines as text or json", choices=["text", "json"])
+    option("--log-level", str, "info", "least severe level logged", choices=list(LEVELS))
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the function (repeatable)")
+    parser.add_argument("--version", action="version", version=f"sfsupervisor {__version__}")
+    return parser
+
+
+class _OptionAdder:
+    """Adds an option whose default comes from SFSUPERVISOR_<NAME> when that is set."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self._parser = parser
+
+    def __call__(self, flag: str, kind: Callable[[str], Any], default: Any, help_text: str,
+                 **extra: Any) -> None:
+        variable = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+        if variable in os.environ:
+            default = _convert(os.environ[variable], kind, variable)
+        shown = f" (default: {default})" if default is not None else ""
+        self._parser.add_argument(flag, type=kind, default=default,
+                                  help=f"{help_text}{shown} (env {variable})", **extra)
+
+
+def _convert(raw: str, kind: Callable[[str], Any], variable: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        _fail(f"{variable}={raw!r} is not a valid {kind.__name__}")
+
+
+def _check_entrypoint(entrypoint: str, code_root: Path) -> None:
+    file_name, dot, function_name = entrypoint.rpartition(".")
+    if not dot or not file_name or not function_name or "/" in entrypoint:
+        _fail(f"entry point {entrypoint!r} is malformed: expected <file>.<function>, "
+              "e.g. index.handler")
+    if "." in file_name:
+        _fail(f"entry point {entrypoint!r}: the file name {file_name!r} contains a dot, "
+              "which the platform does not allow")
+    if not (code_root / f"{file_name}.py").is_file():
+        _fail(f"entry point {entrypoint!r}: there is no {file_name}.py in {code_root} "
+              "(the code root; set it with --dir)")
+
+
+def _check_range(flag: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        _fail(f"{flag} must be between {low:g} and {high:g}, got {value:g}")
+
+
+def _parse_assignment(text: str, where: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    key = key.strip()
+    if not equals or not key or any(c.isspace() for c in key):
+        _fail(f"{where}: expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines, # comments and an `export ` prefix are allowed."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        _fail(f"--env-file {path}: {exc.strerror or exc}")
+    env: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, value = _parse_assignment(line.removeprefix("export "), f"{path}:{number}")
+        env[key] = _unquote(value.strip())
+    return env
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _parse_token(text: str) -> dict[str, Any]:
+    if not text.lstrip().startswith("{"):
+        return {"access_token": text, "expires_in": TOKEN_EXPIRES_IN_S, "token_type": "Bearer"}
+    try:
+        token = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"--token is not valid JSON: {exc}")
+    if not isinstance(token, dict):
+        _fail("--token must be a JSON object or a bare token")
+    return token
+
+
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"sfsupervisor: error: {message}\n")
+    sys.exit(2)

@@ -1,0 +1,56 @@
+"""The supervisor's settings, fixed at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MB = 1024 * 1024
+# The platform limits the request and the response JSON to 3.5 MB each.
+PLATFORM_BODY_LIMIT_BYTES = int(3.5 * MB)
+# Variables the supervisor reads for itself; a worker never sees them.
+ENV_PREFIX = "SFSUPERVISOR_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the supervisor needs to serve one function."""
+
+    entrypoint: str
+    code_root: Path
+    instances: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timeout_s: float = 5.0
+    memory_mb: int = 128
+    function_name: str = ""
+    function_version: str = "$latest"
+    env: dict[str, str] = field(default_factory=dict)
+    token: dict[str, Any] | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+    max_request_bytes: int = PLATFORM_BODY_LIMIT_BYTES
+
+    def worker_environment(self) -> dict[str, str]:
+        """The environment a worker starts with: ours, minus our settings, plus the user's."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        return {
+            **inherited,
+            **self.env,
+            "_HANDLER": self.entrypoint,
+            "LAMBDA_TASK_ROOT": str(self.code_root),
+        }
+
+    def static_context(self) -> dict[str, Any]:
+        """The context fields that are the same for every call."""
+        return {
+            "function_name": self.function_name,
+            "function_version": self.function_version,
+            "invoked_function_arn": self.function_name,
+            "memory_limit_in_mb": self.memory_mb,
+            "log_group_name": "default",
+            "log_stream_name": self.function_version,
+            "token": self.token,
+        }

@@ -1,0 +1,409 @@
+"""One worker process and its lifecycle.
+
+    STARTING --READY--> IDLE --dispatch--> BUSY --reply--> IDLE ...
+        |                 |                  |
+        +--init error, death, init deadline--+--death, deadline, bad frame--> RETIRING --> DEAD
+
+RETIRING means the process has been told to die (or has died) and is no longer the pool's to
+use; DEAD means it has been reaped. Each transition happens once, so no instance is signalled or
+reported twice. The instance tells its pool what happened through the PoolHooks it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Protocol
+
+from supervisor import logs
+from supervisor.calls import Call, Ending, Outcome
+from supervisor.config import Config
+from worker import protocol
+
+_READ_BYTES = 64 * 1024
+_F_SETPIPE_SZ = 1031
+_FRAME_PIPE_BYTES = 1024 * 1024  # fewer partial writes for megabyte bodies
+# The platform retires an instance with SIGTERM and sends SIGKILL 50 ms later.
+RETIRE_GRACE_S = 0.05
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"
+    DEAD = "dead"
+
+
+class PoolHooks(Protocol):
+    """What an instance reports to the pool that owns it."""
+
+    def instance_ready(self, instance: Instance) -> None: ...
+    def instance_idle(self, instance: Instance) -> None: ...
+    def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None: ...
+    def instance_reaped(self, instance: Instance) -> None: ...
+
+
+class Instance:
+    """A worker process that serves one call at a time."""
+
+    def __init__(self, ident: int, config: Config, environment: dict[str, str],
+                 log: logs.Log, pool: PoolHooks) -> None:
+        self.id = ident
+        self.state = State.STARTING
+        self.pid = 0
+        self.request_id: str | None = None
+        self.init_duration_s: float | None = None
+        self.calls_served = 0
+        self._config = config
+        self._environment = environment
+        self._log = log
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._call: Call | None = None
+        self._call_seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._to_worker = -1
+        self._from_worker = -1
+        self._unsent = bytearray()
+        self._unpacker = protocol.unpacker(protocol.MAX_WORKER_FRAME_BYTES)
+        self._outputs: list[logs.OutputCapture] = []
+        self._exited = False
+        self._started_at = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        """Start the worker process and send it the entry point; READY comes later."""
+        try:
+            self._start_process()
+        except OSError as exc:
+            self._log.error(f"instance {self.id} could not start a worker: {exc}", self.id)
+            self.state = State.DEAD
+            failure = Outcome(Ending.RUNTIME_ERROR, detail=f"could not start a worker: {exc}")
+            self._pool.instance_lost(self, failure)
+            self._pool.instance_reaped(self)
+            return
+        self._log.debug(f"instance {self.id} started (pid {self.pid})", self.id)
+        self._send([protocol.INIT, protocol.VERSION, self._config.entrypoint,
+                    self._config.static_context()])
+        self._timer = self._loop.call_later(self._config.timeout_s, self._on_init_deadline)
+
+    def dispatch(self, call: Call) -> None:
+        """Send a call to the worker and arm its deadline."""
+        now = self._loop.time()
+        budget_s = self._config.timeout_s
+        if self.calls_served == 0 and self.init_duration_s is not None:
+            # As on the platform, an instance's first call pays for its initialization.
+            budget_s -= self.init_duration_s
+            call.init_duration_s = self.init_duration_s
+        self._call_seq += 1
+        self._call = call
+        self.calls_served += 1
+        self.request_id = call.request_id
+        self.state = State.BUSY
+        call.dispatched_at = time.perf_counter()
+        call.instance_id = self.id
+        deadline_ms = int((time.time() + budget_s) * 1000)
+        self._log.write(logging.INFO,
+                        logs.start_line(call.request_id, self._config.function_version),
+                        self.id, call.request_id)
+        self._send([protocol.CALL, self._call_seq, call.event, call.request_id, deadline_ms])
+        self._timer = self._loop.call_at(now + budget_s, self._on_deadline)
+
+    def retire(self, reason: str) -> None:
+        """Stop the worker the platform's way: SIGTERM, then SIGKILL shortly after."""
+        if self.state in (State.RETIRING, State.DEAD):
+            return
+        self._log.debug(f"instance {self.id} retiring: {reason}", self.id)
+        self.state = State.RETIRING
+        self._cancel_timer()
+        if self._call is not None:
+            self._finish(Outcome(Ending.SHUTDOWN), 0)
+        self._signal_group(signal.SIGTERM)
+        self._loop.call_later(RETIRE_GRACE_S, self._signal_group, signal.SIGKILL)
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the worker's process group now; the pool is told the instance is lost."""
+        if self.state in (State.RETIRING, State.DEAD):
+            return
+        self._log.debug(f"instance {self.id} killed: {reason}", self.id)
+        self.state = State.RETIRING
+        self._cancel_timer()
+        self._signal_group(signal.SIGKILL)
+
+    # -- process plumbing --------------------------------------------------------------------
+
+    def _start_process(self) -> None:
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        child_ends = (to_worker_r, from_worker_w, stdout_w, stderr_w)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "worker",
+                 str(to_worker_r), str(from_worker_w), str(os.getpid())],
+                cwd=self._config.code_root,
+                env=self._environment,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                pass_fds=(to_worker_r, from_worker_w),
+                start_new_session=True,
+            )
+        except OSError:
+            for fd in (to_worker_w, from_worker_r, stdout_r, stderr_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+        self.pid = self._process.pid
+        self._started_at = self._loop.time()
+        self._to_worker, self._from_worker = to_worker_w, from_worker_r
+        for fd in (to_worker_w, from_worker_r):
+            os.set_blocking(fd, False)
+            _grow_pipe(fd)
+        self._outputs = [
+            logs.OutputCapture(stdout_r, "stdout", self, self._log, self._loop),
+            logs.OutputCapture(stderr_r, "stderr", self, self._log, self._loop),
+        ]
+        self._loop.add_reader(from_worker_r, self._on_frames_readable)
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def _signal_group(self, signum: int) -> None:
+        # The worker leads its own process group (start_new_session), and its pid stays
+        # reserved until we reap it, so the group id cannot name someone else's processes.
+        if self._process is None or self._process.returncode is not None:
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _send(self, frame: list[Any]) -> None:
+        data = protocol.pack(frame)
+        if self._unsent:
+            self._unsent += data
+            return
+        try:
+            written = os.write(self._to_worker, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the worker is gone; its exit is handled by _on_exit
+        if written < len(data):
+            self._unsent += memoryview(data)[written:]
+            self._loop.add_writer(self._to_worker, self._write_unsent)
+
+    def _write_unsent(self) -> None:
+        try:
+            written = os.write(self._to_worker, self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self._unsent)
+        del self._unsent[:written]
+        if not self._unsent:
+            self._loop.remove_writer(self._to_worker)
+
+    def _on_frames_readable(self) -> bool:
+        """Read and handle what the worker sent; True if more may be waiting."""
+        try:
+            data = os.read(self._from_worker, _READ_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._loop.remove_reader(self._from_worker)
+            return False
+        try:
+            self._unpacker.feed(data)
+            for frame in self._unpacker:
+                self._handle_frame(frame)
+        except Exception as exc:  # the bytes are the worker's: any decoding error is its fault
+            self._protocol_violation(f"{type(exc).__name__}: {exc}")
+        return len(data) == _READ_BYTES
+
+    def _handle_frame(self, frame: Any) -> None:
+        if self.state in (State.RETIRING, State.DEAD):
+            return  # a reply that lost the race against a kill
+        match frame:
+            case [protocol.RESULT, int(seq), value, int(peak_kb)] if self._is_current(seq):
+                self._complete(Outcome(Ending.OK, value), peak_kb)
+            case [protocol.FAILURE, int(seq), dict(error), int(peak_kb)] if self._is_current(seq):
+                self._complete(Outcome(Ending.FUNCTION_ERROR, _clean_error(error)), peak_kb)
+            case [protocol.UNSERIALIZABLE, int(seq), str(reason), str(payload), int(peak_kb)] \
+                    if self._is_current(seq):
+                self._complete(Outcome(Ending.UNSERIALIZABLE, payload, reason), peak_kb)
+            case [protocol.READY, protocol.VERSION, int() | float() as init_ms] \
+                    if self.state is State.STARTING:
+                self._ready(init_ms / 1000)
+            case [protocol.INIT_ERROR, dict(error)] if self.state is State.STARTING:
+                self._boot_failed(Outcome(Ending.INIT_ERROR, _clean_error(error)))
+            case _:
+                self._protocol_violation(f"unexpected frame {_describe(frame)}")
+
+    def _is_current(self, seq: int) -> bool:
+        return self.state is State.BUSY and seq == self._call_seq
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _ready(self, init_s: float) -> None:
+        self._cancel_timer()
+        # The worker measures its own import; it cannot have taken longer than we waited.
+        self.init_duration_s = min(max(init_s, 0.0), self._loop.time() - self._started_at)
+        self.state = State.IDLE
+        self._log.info(
+            f"instance {self.id} ready (pid {self.pid}, init {self.init_duration_s * 1000:.1f} ms)",
+            self.id)
+        self._pool.instance_ready(self)
+
+    def _complete(self, outcome: Outcome, peak_kb: int) -> None:
+        self._cancel_timer()
+        self._finish(outcome, peak_kb)
+        if self.state is State.BUSY and not self._exited:
+            self.state = State.IDLE
+            self._pool.instance_idle(self)
+
+    def _finish(self, outcome: Outcome, peak_kb: int) -> None:
+        """End the current call: its output is logged first, then its outcome is handed over."""
+        call = self._call
+        assert call is not None
+        for output in self._outputs:
+            output.drain()
+        call.finished_at = time.perf_counter()
+        call.peak_kb = peak_kb
+        self._call = None
+        self.request_id = None
+        call.resolve(outcome)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        peak_kb = _resident_kb(self.pid)
+        self.kill("the call ran past its timeout")
+        self._finish(Outcome(Ending.TIMEOUT), peak_kb)
+        self._pool.instance_lost(self, None)
+
+    def _on_init_deadline(self) -> None:
+        self._timer = None
+        self._log.warning(
+            f"instance {self.id} did not initialize within {self._config.timeout_s:g} s", self.id)
+        self._boot_failed(Outcome(Ending.TIMEOUT, detail="initialization timed out"))
+
+    def _boot_failed(self, failure: Outcome) -> None:
+        self.kill("initialization failed")
+        self._pool.instance_lost(self, failure)
+
+    def _protocol_violation(self, reason: str) -> None:
+        if self.state in (State.RETIRING, State.DEAD):
+            return
+        self._log.error(f"instance {self.id} sent an invalid frame ({reason}); killing it",
+                        self.id)
+        was_starting = self.state is State.STARTING
+        self.kill("invalid frame")
+        if self._call is not None:
+            message = f"the instance broke the runtime protocol ({reason}) and was replaced"
+            self._finish(Outcome(Ending.PROTOCOL_ERROR, detail=message), 0)
+        failure = Outcome(Ending.RUNTIME_ERROR, detail=reason) if was_starting else None
+        self._pool.instance_lost(self, failure)
+
+    def _on_exit(self) -> None:
+        """The worker process is gone: settle its call, clean up, reap it."""
+        self._exited = True
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._signal_group(signal.SIGKILL)  # whatever it left behind in its group
+        while self._from_worker >= 0 and self._on_frames_readable():
+            pass  # a reply sent just before the exit still counts
+        assert self._process is not None
+        returncode = self._process.wait()
+        for output in self._outputs:
+            output.close()
+        self._close_frame_pipes()
+        previous, self.state = self.state, State.DEAD
+        self._cancel_timer()
+        if previous is State.STARTING:
+            self._log.warning(f"instance {self.id} exited during initialization "
+                              f"({_describe_exit(returncode)})", self.id)
+            detail = f"the instance {_describe_exit(returncode)} during initialization"
+            self._pool.instance_lost(self, Outcome(Ending.CRASH, detail=detail))
+        elif previous in (State.IDLE, State.BUSY):
+            self._log.warning(f"instance {self.id} {_describe_exit(returncode)}", self.id)
+            if self._call is not None:
+                detail = f"the instance {_describe_exit(returncode)} while handling the call"
+                self._finish(Outcome(Ending.CRASH, detail=detail), 0)
+            self._pool.instance_lost(self, None)
+        self._log.debug(f"instance {self.id} reaped ({_describe_exit(returncode)})", self.id)
+        self._pool.instance_reaped(self)
+
+    def _close_frame_pipes(self) -> None:
+        if self._from_worker >= 0:
+            self._loop.remove_reader(self._from_worker)
+            os.close(self._from_worker)
+            self._from_worker = -1
+        if self._to_worker >= 0:
+            self._loop.remove_writer(self._to_worker)
+            os.close(self._to_worker)
+            self._to_worker = -1
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _FRAME_PIPE_BYTES)
+    except OSError:
+        pass  # a smaller pipe only means more partial writes
+
+
+def _clean_error(error: dict[Any, Any]) -> dict[str, Any]:
+    """The platform's error object rebuilt from a worker's: only strings get through."""
+    stack = error.get("stackTrace")
+    return protocol.error(
+        str(error.get("errorMessage", "")),
+        str(error.get("errorType", "Error")),
+        [str(line) for line in stack] if isinstance(stack, list) else None,
+    )
+
+
+def _describe(frame: Any) -> str:
+    text = repr(frame)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by signal {-returncode} ({name})"
+    return f"exited with code {returncode}"
+
+
+def _resident_kb(pid: int) -> int:
+    """A process's peak resident memory (VmHWM) in kB, or 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -1,0 +1,242 @@
+"""The supervisor's log: its own messages, the platform's per-call lines, the function's output.
+
+Everything goes to stderr, one line per record, as readable text or as JSON lines. Records are
+buffered and written once per event-loop iteration, so the per-call lines (START, END, REPORT)
+and the function's output cost a list append on the hot path, not a system call each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import IO, Protocol
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+_LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
+
+# A worker line longer than this is cut: a function printing 50 MB without a newline must not
+# become a 50 MB string in the supervisor.
+MAX_LINE_BYTES = 64 * 1024
+# How much of a worker's pending output one drain reads before it lets the loop run again.
+MAX_DRAIN_BYTES = 1024 * 1024
+_READ_BYTES = 64 * 1024
+
+
+class Log:
+    """Formats records and writes them to a stream, in batches while an event loop runs."""
+
+    def __init__(self, log_format: str, level: str, function: str,
+                 stream: IO[bytes] | None = None) -> None:
+        self.level = LEVELS[level]
+        self._json = log_format == "json"
+        self._function = function
+        self._stream = stream if stream is not None else sys.stderr.buffer
+        self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._stamp_second = -1
+        self._stamp_prefix = ""
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Batch writes on this loop; with None, write every record at once."""
+        self.flush()
+        self._loop = loop
+
+    def write(self, level: int, message: str, instance: int | None = None,
+              request_id: str | None = None, stream: str | None = None) -> None:
+        """Log one record; `stream` marks a line the function wrote to stdout or stderr."""
+        if level < self.level:
+            return
+        if self._json:
+            line = self._format_json(level, message, instance, request_id, stream)
+        else:
+            line = self._format_text(level, message, instance, request_id)
+        self._pending.append(line)
+        if self._loop is None:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def debug(self, message: str, instance: int | None = None) -> None:
+        self.write(logging.DEBUG, message, instance)
+
+    def info(self, message: str, instance: int | None = None) -> None:
+        self.write(logging.INFO, message, instance)
+
+    def warning(self, message: str, instance: int | None = None) -> None:
+        self.write(logging.WARNING, message, instance)
+
+    def error(self, message: str, instance: int | None = None) -> None:
+        self.write(logging.ERROR, message, instance)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8", "replace")
+        self._pending.clear()
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp_prefix}.{int((now - second) * 1000):03d}Z"
+
+    def _format_text(self, level: int, message: str, instance: int | None,
+                     request_id: str | None) -> str:
+        if request_id is not None:
+            where = f"[{request_id}] " if instance is None else f"[{instance} {request_id}] "
+        elif instance is not None:
+            where = f"[{instance}] "
+        else:
+            where = ""
+        return f"{self._timestamp()} {_LEVEL_NAMES[level]:<7} {where}{message}\n"
+
+    def _format_json(self, level: int, message: str, instance: int | None,
+                     request_id: str | None, stream: str | None) -> str:
+        record = {
+            "time": self._timestamp(),
+            "level": _LEVEL_NAMES[level],
+            "function": self._function,
+            "instance": instance,
+            "request_id": request_id,
+            "message": message,
+        }
+        if stream is not None:
+            record["stream"] = stream
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+class LoggingBridge(logging.Handler):
+    """Sends records of the standard logging module (uvicorn's, asyncio's) to our Log."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__()
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        known_level = max((n for n in _LEVEL_NAMES if n <= record.levelno), default=logging.DEBUG)
+        self._log.write(known_level, self.format(record))
+
+
+class CallSource(Protocol):
+    """Who a worker's output line belongs to: the instance and the call it is serving."""
+
+    id: int
+    request_id: str | None
+
+
+class OutputCapture:
+    """Reads one of a worker's output pipes and logs each line under the call it belongs to."""
+
+    def __init__(self, fd: int, stream: str, source: CallSource, log: Log,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._fd = fd
+        self._stream = stream
+        self._source = source
+        self._log = log
+        self._loop = loop
+        self._partial = bytearray()
+        self._dropped_bytes = 0
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read_once)
+
+    def drain(self) -> None:
+        """Log what the worker has written so far, the unfinished last line included."""
+        budget = MAX_DRAIN_BYTES
+        while budget > 0 and self._read_once():
+            budget -= _READ_BYTES
+        self._emit_partial()
+
+    def close(self) -> None:
+        """Log what is left and stop reading."""
+        self.drain()
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def _read_once(self) -> bool:
+        """Read what is there; True if more may follow at once."""
+        if self._fd < 0:
+            return False
+        try:
+            data = os.read(self._fd, _READ_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._release()
+            self._emit_partial()
+            return False
+        *lines, rest = data.split(b"\n")
+        for piece in lines:
+            self._keep(piece)
+            self._emit_line()
+        self._keep(rest)
+        return len(data) == _READ_BYTES
+
+    def _keep(self, piece: bytes) -> None:
+        room = MAX_LINE_BYTES - len(self._partial)
+        if len(piece) > room:
+            self._partial += piece[:room]
+            self._dropped_bytes += len(piece) - room
+        else:
+            self._partial += piece
+
+    def _emit_partial(self) -> None:
+        if self._partial or self._dropped_bytes:
+            self._emit_line()
+
+    def _emit_line(self) -> None:
+        text = self._partial.decode("utf-8", "replace").removesuffix("\r")
+        if self._dropped_bytes:
+            text += f" [line cut: {self._dropped_bytes} more bytes dropped]"
+        self._partial.clear()
+        self._dropped_bytes = 0
+        self._log.write(logging.INFO, text, self._source.id, self._source.request_id,
+                        self._stream)
+
+
+def start_line(request_id: str, version: str) -> str:
+    return f"START RequestID: {request_id} Version: {version}"
+
+
+def end_line(request_id: str) -> str:
+    return f"END RequestID: {request_id}"
+
+
+def error_line(request_id: str, status: int, message: str) -> str:
+    return f"ERROR RequestID: {request_id} Code: {status} Message: {message}"
+
+
+def report_line(request_id: str, duration_ms: float, memory_mb: int, used_kb: int,
+                queuing_ms: float, init_ms: float | None) -> str:
+    """The platform's REPORT line; billed duration is rounded up to 100 ms."""
+    billed_ms = max(100, math.ceil(duration_ms / 100) * 100)
+    line = (
+        f"REPORT RequestID: {request_id} Duration: {duration_ms:.3f} ms "
+        f"Billed Duration: {billed_ms} ms Memory Size: {memory_mb} MB "
+        f"Max Memory Used: {round(used_kb / 1024)} MB Queuing Duration: {queuing_ms:.3f} ms"
+    )
+    if init_ms is not None:
+        line += f" Function Init Duration: {init_ms:.3f} ms"
+    return line

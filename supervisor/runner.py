@@ -1,0 +1,123 @@
+"""Start everything, serve until a signal, stop everything: the supervisor's main sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from supervisor import logs
+from supervisor.config import Config
+from supervisor.http import FunctionApp
+from supervisor.pool import Pool
+
+# How long stopping workers may take once the server has stopped: SIGTERM, SIGKILL 50 ms later,
+# then only the kernel's reaping is left.
+REAP_TIMEOUT_S = 2.0
+
+
+def run(config: Config) -> int:
+    """Serve the function until SIGTERM or SIGINT; returns the exit code."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    log = logs.Log(config.log_format, config.log_level, config.function_name)
+    log.attach(asyncio.get_running_loop())
+    _route_library_logs(log, config.log_level)
+    try:
+        listener = _listen(config.host, config.port)
+    except OSError as exc:
+        log.error(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+        log.attach(None)
+        return 1
+    host, port = listener.getsockname()[:2]
+    pool = Pool(config, log)
+    server = _Server(uvicorn.Config(
+        FunctionApp(pool, config, log),
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        loop="none",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=config.timeout_s + 1,
+    ))
+    log.info(f"serving {config.entrypoint} from {config.code_root} on "
+             f"http://{_url_host(host)}:{port} with {config.instances} instance(s), "
+             f"timeout {config.timeout_s:g} s, memory {config.memory_mb} MB")
+    pool.start()
+    try:
+        with _stop_on_signals(server, log):
+            await server.serve(sockets=[listener])
+    finally:
+        await pool.stop(REAP_TIMEOUT_S)
+        log.info("stopped")
+        log.attach(None)
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its signal handling: the supervisor owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: uvicorn.Server, log: logs.Log) -> Iterator[None]:
+    """First SIGTERM/SIGINT: finish what is in flight, then stop. Second: stop now."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if server.should_exit:
+            log.warning(f"{name} again: stopping now")
+            server.force_exit = True
+        else:
+            log.info(f"{name}: finishing calls in flight, then stopping")
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, backlog=2048)
+    listener.set_inheritable(False)
+    return listener
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _route_library_logs(log: logs.Log, level: str) -> None:
+    bridge = logs.LoggingBridge(log)
+    for name in ("uvicorn", "asyncio"):
+        library_log = logging.getLogger(name)
+        library_log.handlers = [bridge]
+        library_log.propagate = False
+        library_log.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop

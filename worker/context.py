@@ -1,0 +1,31 @@
+"""The context object a handler receives as its second argument."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class Context:
+    """The invocation context, shaped as the platform's.
+
+    Its instance attributes are exactly the platform's context fields, so that
+    `json.dumps(context, default=vars)` gives the same object as in the cloud.
+    """
+
+    def __init__(self, static: dict[str, Any], request_id: str, deadline_ms: int) -> None:
+        self.function_name: str = static["function_name"]
+        self.function_version: str = static["function_version"]
+        self.invoked_function_arn: str = static["invoked_function_arn"]
+        self.memory_limit_in_mb: int = static["memory_limit_in_mb"]
+        self.log_group_name: str = static["log_group_name"]
+        self.log_stream_name: str = static["log_stream_name"]
+        token = static["token"]
+        self.token: dict[str, Any] | None = dict(token) if token is not None else None
+        self.request_id = request_id
+        self.aws_request_id = request_id
+        self.deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds left before the runtime stops this call."""
+        return max(0, self.deadline_ms - int(time.time() * 1000))

@@ -1,0 +1,43 @@
+"""Import the entry point `<file>.<function>` from the code root."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from worker import protocol
+
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def load(entrypoint: str, code_root: str) -> Callable[..., Any]:
+    """Import the module and return the handler; raises whatever the user's import raises."""
+    module_name, _, function_name = entrypoint.rpartition(".")
+    sys.path.insert(0, code_root)
+    module = importlib.import_module(module_name)
+    handler = getattr(module, function_name)
+    if not callable(handler):
+        raise TypeError(f"{entrypoint} is not callable: it is a {type(handler).__name__}")
+    return handler
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    """The platform's error object for an exception, with the runtime's own frames left out."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not _is_runtime_frame(frame.filename)
+    ]
+    return protocol.error(str(exc), type(exc).__name__, traceback.format_list(frames))
+
+
+def _is_runtime_frame(filename: str) -> bool:
+    return (
+        filename.startswith(_WORKER_DIR)
+        or filename == importlib.__file__
+        or filename.startswith("<frozen importlib")
+    )
