@@ -334,11 +334,9 @@ def map_http_response(result: object) -> tuple[int, list[tuple[bytes, bytes]], b
 def map_raw_response(result: object) -> bytes:
     """The `?integration=raw` response body (status 200) for a handler's result.
 
-    A str is sent as UTF-8, None as an empty body, anything else as JSON; raises
-    MalformedResponse when the result cannot be JSON-encoded (e.g. bytes).
+    A str is sent as UTF-8, anything else as JSON (None as `null`); raises MalformedResponse
+    when the result cannot be JSON-encoded (e.g. bytes).
     """
-    if result is None:
-        return b""
     if isinstance(result, str):
         return result.encode("utf-8", "replace")
     try:

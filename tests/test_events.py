@@ -794,7 +794,7 @@ def test_first_problem_is_reported():
         ("hello", b"hello"),
         ("", b""),
         ("привет", "привет".encode()),
-        (None, b""),
+        (None, b"null"),
         ({"a": 1, "b": [1, 2]}, b'{"a": 1, "b": [1, 2]}'),
         ({"name": "é"}, b'{"name": "\\u00e9"}'),
         ([1, "x", None], b'[1, "x", null]'),

@@ -1,0 +1,382 @@
+"""Start, call, read the log of and stop the real `sfsupervisor` command (end-to-end tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+import pytest
+
+FUNCTIONS_DIR = (Path(__file__).parent / "functions").resolve()
+PYTHON_M_SUPERVISOR = (sys.executable, "-m", "supervisor")
+READY_MARKER = "instances ready"
+START_DEADLINE_S = 20.0
+LOG_DEADLINE_S = 10.0
+STOP_DEADLINE_S = 10.0
+REAP_DEADLINE_S = 5.0
+REQUEST_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.02
+LOG_TAIL_LINES = 40
+RUNTIME_LINE_KINDS = ("START", "END", "ERROR", "REPORT")
+REPORTED_REQUEST_ID = re.compile(r"REPORT RequestID: (\S+)")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of `text` that end with a newline (a log's last line may still be written)."""
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
+def json_log_records(text: str) -> list[dict[str, Any]]:
+    """Parse the complete lines of a JSON log, skipping any line that is not a JSON object."""
+    records = []
+    for line in complete_lines(text):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def runtime_line_kind(record: dict[str, Any], request_id: str) -> str | None:
+    """START/END/ERROR/REPORT if `record` is that runtime line of the call, else None."""
+    message = str(record.get("message", ""))
+    for kind in RUNTIME_LINE_KINDS:
+        prefix = f"{kind} RequestID: {request_id}"
+        if message == prefix or message.startswith(prefix + " "):
+            return kind
+    return None
+
+
+def runtime_lines(records: list[dict[str, Any]], request_id: str) -> list[tuple[int, dict]]:
+    """(log index, record) of every START/END/ERROR/REPORT line of one call, in log order."""
+    return [
+        (index, record)
+        for index, record in enumerate(records)
+        if runtime_line_kind(record, request_id) is not None
+    ]
+
+
+def runtime_line_sequence(records: list[dict[str, Any]], request_id: str) -> list[str]:
+    """The kinds of one call's runtime lines in log order, e.g. ['START', 'END', 'REPORT']."""
+    lines = runtime_lines(records, request_id)
+    return [str(runtime_line_kind(record, request_id)) for _, record in lines]
+
+
+def only_runtime_line(
+    records: list[dict[str, Any]], kind: str, request_id: str
+) -> tuple[int, dict[str, Any]]:
+    """(log index, record) of the single `kind` line of a call; fails unless there is one."""
+    found = [
+        (index, record)
+        for index, record in runtime_lines(records, request_id)
+        if runtime_line_kind(record, request_id) == kind
+    ]
+    assert len(found) == 1, f"{len(found)} {kind} lines for {request_id}: {found}"
+    return found[0]
+
+
+def reported_request_ids(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Request ids that already have a REPORT line."""
+    matches = (REPORTED_REQUEST_ID.match(str(record.get("message", ""))) for record in records)
+    return {match.group(1) for match in matches if match}
+
+
+def ok_json(response: httpx.Response) -> Any:
+    """The JSON body of a 200 response; fails showing the status and body otherwise."""
+    assert response.status_code == 200, f"{response.status_code}: {response.text}"
+    return response.json()
+
+
+def is_alive(process: psutil.Process) -> bool:
+    """Whether the process still runs (a zombie has finished and counts as gone)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def process_gone(pid: int, timeout_s: float = REAP_DEADLINE_S) -> bool:
+    """Wait up to `timeout_s` for the process `pid` to finish; return whether it did."""
+    try:
+        process = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while is_alive(process):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S)
+    return True
+
+
+@dataclass(frozen=True)
+class RawExchange:
+    """One HTTP exchange sent with http.client, with exactly the headers given."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+    client_port: int
+
+
+class Supervisor:
+    """A running sfsupervisor: its process, log files, an HTTP client and its descendants."""
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], port: int, log_dir: Path, name: str
+    ) -> None:
+        self.argv = argv
+        self.env = env
+        self.port = port
+        self.log_path = log_dir / f"{name}.stderr.log"
+        self.stdout_path = log_dir / f"{name}.stdout.log"
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT_S, trust_env=False
+        )
+        self.descendants: set[psutil.Process] = set()
+        self._descendants_lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    @property
+    def pid(self) -> int:
+        """The supervisor's own pid."""
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self, wait_instances: bool) -> None:
+        """Start the command; wait for its port and, if asked, for the `instances ready` line."""
+        with self.log_path.open("wb") as log_file, self.stdout_path.open("wb") as stdout_file:
+            self._process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_file,
+                stderr=log_file,
+                env=self.env,
+                cwd=self.log_path.parent,
+            )
+        deadline = time.monotonic() + START_DEADLINE_S
+        self._poll(self._accepts_connections, "port accepting connections", deadline)
+        if wait_instances:
+            self._poll(lambda: READY_MARKER in self.log_text(), repr(READY_MARKER), deadline)
+        self.track_descendants()
+
+    def track_descendants(self) -> None:
+        """Remember every current descendant, so that stop() can check they all went away."""
+        try:
+            found = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        with self._descendants_lock:
+            self.descendants.update(found)
+
+    def request(self, method: str, path: str = "/", **kwargs: Any) -> httpx.Response:
+        """Send an HTTP request (httpx keyword arguments), then note the descendants."""
+        try:
+            return self.client.request(method, path, **kwargs)
+        finally:
+            self.track_descendants()
+
+    def call(self, action: str, **params: str | float) -> httpx.Response:
+        """GET /?action=... with further query parameters (for the router functions)."""
+        return self.request("GET", "/", params={"action": action, **params})
+
+    def raw_request(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> RawExchange:
+        """Send exactly these headers (+ Host, Content-Length) with http.client."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            connection.connect()
+            assert connection.sock is not None
+            client_port = connection.sock.getsockname()[1]
+            connection.putrequest(method, target, skip_accept_encoding=True)
+            for name, value in [*headers, ("Content-Length", str(len(body)))]:
+                connection.putheader(name, value)
+            connection.endheaders(body)
+            response = connection.getresponse()
+            return RawExchange(response.status, response.headers, response.read(), client_port)
+        finally:
+            connection.close()
+            self.track_descendants()
+
+    def log_text(self) -> str:
+        """Everything the supervisor wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def output_text(self) -> str:
+        """Everything the supervisor wrote to stdout and stderr so far."""
+        return self.stdout_path.read_text(errors="replace") + self.log_text()
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON records of the log so far (with --log-format json)."""
+        return json_log_records(self.log_text())
+
+    def wait_for_text(self, text: str) -> str:
+        """Wait until the log contains `text`; return the whole log."""
+
+        def log_with_text() -> str | None:
+            log = self.log_text()
+            return log if text in log else None
+
+        return self._poll(log_with_text, repr(text), time.monotonic() + LOG_DEADLINE_S)
+
+    def wait_for_reports(self, request_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Wait until the JSON log has a REPORT line for every id; return all its records."""
+        wanted = set(request_ids)
+
+        def records_with_reports() -> list[dict[str, Any]] | None:
+            records = self.log_records()
+            return records if wanted <= reported_request_ids(records) else None
+
+        what = f"REPORT lines for {sorted(wanted)}"
+        return self._poll(records_with_reports, what, time.monotonic() + LOG_DEADLINE_S)
+
+    def log_tail(self) -> str:
+        """The last lines of the log, for failure messages."""
+        return "\n".join(self.log_text().splitlines()[-LOG_TAIL_LINES:])
+
+    def stop(self, stop_signal: signal.Signals = signal.SIGTERM) -> list[str]:
+        """Signal the supervisor and wait for it; return what went wrong (empty: all well).
+
+        Problems: it had exited by itself, it needed SIGKILL, its exit code was not 0, or a
+        process that was ever its descendant is still running (those are then killed).
+        """
+        if self._stopped or self._process is None:
+            return []
+        self._stopped = True
+        self.client.close()
+        self.track_descendants()
+        problems = self._end_supervisor(stop_signal)
+        leftovers = self._wait_descendants_gone()
+        if leftovers:
+            problems.append(f"processes left running after stop: {leftovers}")
+        if problems:
+            problems.append(f"log tail of {self.argv}:\n{self.log_tail()}")
+        return problems
+
+    def _end_supervisor(self, stop_signal: signal.Signals) -> list[str]:
+        assert self._process is not None
+        early_code = self._process.poll()
+        if early_code is not None:
+            return [f"sfsupervisor exited by itself with code {early_code} before it was stopped"]
+        self._process.send_signal(stop_signal)
+        try:
+            code = self._process.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+            return [f"sfsupervisor still ran {STOP_DEADLINE_S} s after {stop_signal.name}"]
+        if code != 0:
+            return [f"sfsupervisor exited with code {code} on {stop_signal.name}, expected 0"]
+        return []
+
+    def _wait_descendants_gone(self) -> list[str]:
+        deadline = time.monotonic() + REAP_DEADLINE_S
+        while alive := [process for process in self.descendants if is_alive(process)]:
+            if time.monotonic() > deadline:
+                return [self._kill_leftover(process) for process in alive]
+            time.sleep(POLL_INTERVAL_S)
+        return []
+
+    @staticmethod
+    def _kill_leftover(process: psutil.Process) -> str:
+        description = str(process.pid)
+        with contextlib.suppress(psutil.Error):
+            description = f"{process.pid} {process.cmdline()}"
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+        return description
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _poll(self, check: Callable[[], T], what: str, deadline: float) -> T:
+        while True:
+            self.track_descendants()
+            result = check()
+            if result:
+                return result
+            assert self._process is not None
+            code = self._process.poll()
+            if code is not None:
+                pytest.fail(f"sfsupervisor exited with {code} while waiting for {what}:\n"
+                            f"{self.log_tail()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} in time:\n{self.log_tail()}", pytrace=False)
+            time.sleep(POLL_INTERVAL_S)
+
+
+Launch = Callable[..., Supervisor]
+
+
+@contextlib.contextmanager
+def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
+    """Yield `launch(entrypoint, *options, ...)`; on exit stop all launched, failing on problems.
+
+    `launch` keywords: `code_root` (--dir, default tests/functions), `wait_instances` (wait for
+    the `instances ready` line, default True), `command` (default `python -m supervisor`),
+    `port_from_env` (pass the port as $PORT instead of --host/--port), `extra_env`.
+    """
+    launched: list[Supervisor] = []
+
+    def launch(
+        entrypoint: str,
+        *options: str,
+        code_root: Path = FUNCTIONS_DIR,
+        wait_instances: bool = True,
+        command: tuple[str, ...] = PYTHON_M_SUPERVISOR,
+        port_from_env: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> Supervisor:
+        port = free_port()
+        address = [] if port_from_env else ["--host", "127.0.0.1", "--port", str(port)]
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name != "PORT" and not name.startswith("SFSUPERVISOR_")
+        }
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        if port_from_env:
+            env["PORT"] = str(port)
+        env.update(extra_env or {})
+        argv = [*command, "--dir", str(code_root), *address, *options, entrypoint]
+        supervisor = Supervisor(argv, env, port, log_dir, f"supervisor-{len(launched)}")
+        launched.append(supervisor)
+        supervisor.start(wait_instances)
+        return supervisor
+
+    try:
+        yield launch
+    finally:
+        problems = [problem for supervisor in launched for problem in supervisor.stop()]
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
