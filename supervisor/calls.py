@@ -17,6 +17,7 @@ class Ending(enum.Enum):
     UNSERIALIZABLE = "unserializable"  # the handler returned something JSON cannot carry
     TIMEOUT = "timeout"  # the call (or the import before it) ran past its deadline
     CRASH = "crash"  # the worker died mid-call
+    MEMORY = "memory"  # the instance used more memory than its limit
     PROTOCOL_ERROR = "protocol_error"  # the worker sent bytes that are not a valid frame
     RUNTIME_ERROR = "runtime_error"  # the supervisor itself could not serve the call
     SHUTDOWN = "shutdown"  # the supervisor is stopping and will not run the call

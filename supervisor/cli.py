@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from supervisor import __version__, runner
-from supervisor.config import ENV_PREFIX, Config
+from supervisor.config import ENV_PREFIX, MB, Config
 from supervisor.logs import LEVELS
 
 # The platform's default lifetime of an IAM token, in seconds.
@@ -37,6 +37,11 @@ def parse_config(argv: list[str] | None = None) -> Config:
     _check_range("--port", args.port, 0, 65535)
     _check_range("--timeout", args.timeout, 0.001, 86400)
     _check_range("--memory", args.memory, 1, 1024 * 1024)
+    _check_range("--spares", args.spares, 0, 1024)
+    _check_range("--max-calls", args.max_calls, 0, 2**31)
+    _check_range("--address-space-mb", args.address_space_mb, 0, 2**31)
+    _check_range("--max-request-mb", args.max_request_mb, 0.001, 1024)
+    _check_range("--max-response-mb", args.max_response_mb, 0.001, 1024)
     env = _read_env_file(args.env_file) if args.env_file else {}
     env.update(_parse_assignment(item, "--env") for item in args.env)
     return Config(
@@ -47,6 +52,12 @@ def parse_config(argv: list[str] | None = None) -> Config:
         port=args.port,
         timeout_s=args.timeout,
         memory_mb=args.memory,
+        memory_enforcement=args.memory_enforcement,
+        address_space_mb=args.address_space_mb,
+        spares=args.spares,
+        max_calls=args.max_calls,
+        max_request_bytes=int(args.max_request_mb * MB),
+        max_response_bytes=int(args.max_response_mb * MB),
         function_name=args.function_name or code_root.name or "function",
         function_version=args.function_version,
         env=env,
@@ -76,7 +87,19 @@ def _parser() -> argparse.ArgumentParser:
            "port to listen on (also $PORT; 0 picks a free one)")
     option("--timeout", float, 5.0, "execution timeout of a call in seconds; an instance's "
                                     "first call includes its initialization")
-    option("--memory", int, 128, "memory limit in MB (context.memory_limit_in_mb)")
+    option("--memory", int, 128, "memory limit of an instance in MB, its children included "
+                                 "(context.memory_limit_in_mb)")
+    option("--memory-enforcement", str, "auto", "how the memory limit is enforced: a cgroup "
+           "per instance where one can be made, else a sampling watchdog (auto), or insist on "
+           "one", choices=["auto", "cgroup", "watchdog"])
+    option("--address-space-mb", int, 0, "also limit each worker's address space (RLIMIT_AS) "
+           "to this many MB; 0 = off. Beware: numpy alone reserves ~1 GB of address space")
+    option("--spares", int, 1, "warm instances kept initialized beyond --instances, so that "
+           "the call after a crash or timeout does not wait for a cold start")
+    option("--max-calls", int, 0, "recycle an instance after about this many calls "
+           "(less up to a tenth, at random); 0 = never")
+    option("--max-request-mb", float, 3.5, "largest request body in MB (larger: 413)")
+    option("--max-response-mb", float, 3.5, "largest function response in MB (larger: 502)")
     option("--function-name", str, None, "context.function_name (default: the code root's name)")
     option("--function-version", str, "$latest", "context.function_version")
     option("--env-file", str, None, "file of KEY=VALUE lines for the function's environment")

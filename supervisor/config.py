@@ -32,6 +32,11 @@ class Config:
     log_format: str = "text"
     log_level: str = "info"
     max_request_bytes: int = PLATFORM_BODY_LIMIT_BYTES
+    max_response_bytes: int = PLATFORM_BODY_LIMIT_BYTES
+    spares: int = 1
+    max_calls: int = 0
+    memory_enforcement: str = "auto"
+    address_space_mb: int = 0
 
     def worker_environment(self) -> dict[str, str]:
         """The environment a worker starts with: ours, minus our settings, plus the user's."""
@@ -41,6 +46,13 @@ class Config:
             **self.env,
             "_HANDLER": self.entrypoint,
             "LAMBDA_TASK_ROOT": str(self.code_root),
+        }
+
+    def worker_limits(self) -> dict[str, Any]:
+        """The limits a worker applies to itself (the INIT frame's last field)."""
+        return {
+            "max_response_bytes": self.max_response_bytes,
+            "address_space_bytes": self.address_space_mb * MB or None,
         }
 
     def static_context(self) -> dict[str, Any]:

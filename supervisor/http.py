@@ -121,6 +121,9 @@ def _render(outcome: Outcome, raw: bool) -> tuple[int, Headers, bytes, str | Non
         })
     if ending is Ending.TIMEOUT:
         return _error(504, _TIMEOUT_ERROR, "Execution timeout exceeded")
+    if ending is Ending.MEMORY:
+        return _error(502, {"errorMessage": outcome.detail, "errorType": "MemoryLimitExceeded",
+                            "stackTrace": None})
     if ending is Ending.CRASH:
         return _error(502, {"errorMessage": outcome.detail, "errorType": "InstanceCrashed",
                             "stackTrace": None})

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
+from supervisor.limits import MB, ChildrenMap, InstanceMemory
 from worker import protocol
 
 _READ_BYTES = 64 * 1024
@@ -32,6 +33,7 @@ _F_SETPIPE_SZ = 1031
 _FRAME_PIPE_BYTES = 1024 * 1024  # fewer partial writes for megabyte bodies
 # The platform retires an instance with SIGTERM and sends SIGKILL 50 ms later.
 RETIRE_GRACE_S = 0.05
+FRAME_EOF_GRACE_S = 0.1
 
 
 class State(enum.Enum):
@@ -46,6 +48,7 @@ class PoolHooks(Protocol):
     """What an instance reports to the pool that owns it."""
 
     def instance_ready(self, instance: Instance) -> None: ...
+    def call_finished(self, instance: Instance) -> None: ...
     def instance_idle(self, instance: Instance) -> None: ...
     def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None: ...
     def instance_reaped(self, instance: Instance) -> None: ...
@@ -55,8 +58,11 @@ class Instance:
     """A worker process that serves one call at a time."""
 
     def __init__(self, ident: int, config: Config, environment: dict[str, str],
-                 log: logs.Log, pool: PoolHooks) -> None:
+                 memory: InstanceMemory, log: logs.Log, pool: PoolHooks,
+                 call_limit: int | None = None) -> None:
         self.id = ident
+        self.memory = memory
+        self.call_limit = call_limit
         self.state = State.STARTING
         self.pid = 0
         self.request_id: str | None = None
@@ -75,7 +81,7 @@ class Instance:
         self._to_worker = -1
         self._from_worker = -1
         self._unsent = bytearray()
-        self._unpacker = protocol.unpacker(protocol.MAX_WORKER_FRAME_BYTES)
+        self._unpacker = protocol.unpacker(protocol.frame_cap(config.max_response_bytes))
         self._outputs: list[logs.OutputCapture] = []
         self._exited = False
         self._started_at = 0.0
@@ -95,7 +101,7 @@ class Instance:
             return
         self._log.debug(f"instance {self.id} started (pid {self.pid})", self.id)
         self._send([protocol.INIT, protocol.VERSION, self._config.entrypoint,
-                    self._config.static_context()])
+                    self._config.static_context(), self._config.worker_limits()])
         self._timer = self._loop.call_later(self._config.timeout_s, self._on_init_deadline)
 
     def dispatch(self, call: Call) -> None:
@@ -113,6 +119,7 @@ class Instance:
         self.state = State.BUSY
         call.dispatched_at = time.perf_counter()
         call.instance_id = self.id
+        self.memory.call_started()
         deadline_ms = int((time.time() + budget_s) * 1000)
         self._log.write(logging.INFO,
                         logs.start_line(call.request_id, self._config.function_version),
@@ -130,7 +137,7 @@ class Instance:
         if self._call is not None:
             self._finish(Outcome(Ending.SHUTDOWN), 0)
         self._signal_group(signal.SIGTERM)
-        self._loop.call_later(RETIRE_GRACE_S, self._signal_group, signal.SIGKILL)
+        self._loop.call_later(RETIRE_GRACE_S, self._kill_tree)
 
     def kill(self, reason: str) -> None:
         """SIGKILL the worker's process group now; the pool is told the instance is lost."""
@@ -139,7 +146,13 @@ class Instance:
         self._log.debug(f"instance {self.id} killed: {reason}", self.id)
         self.state = State.RETIRING
         self._cancel_timer()
-        self._signal_group(signal.SIGKILL)
+        self._kill_tree()
+
+    def check_memory(self, children: ChildrenMap | None) -> None:
+        """The watchdog's tick: stop the instance if its tree uses more than the limit."""
+        used_bytes = self.memory.sample(children)
+        if used_bytes > self.memory.limit_bytes:
+            self._over_memory(used_bytes)
 
     # -- process plumbing --------------------------------------------------------------------
 
@@ -149,10 +162,11 @@ class Instance:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         child_ends = (to_worker_r, from_worker_w, stdout_w, stderr_w)
+        argv = [sys.executable, "-P", "-m", "worker",
+                str(to_worker_r), str(from_worker_w), str(os.getpid())]
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-P", "-m", "worker",
-                 str(to_worker_r), str(from_worker_w), str(os.getpid())],
+                self.memory.command(argv),
                 cwd=self._config.code_root,
                 env=self._environment,
                 stdin=subprocess.DEVNULL,
@@ -169,6 +183,7 @@ class Instance:
             for fd in child_ends:
                 os.close(fd)
         self.pid = self._process.pid
+        self.memory.started(self.pid)
         self._started_at = self._loop.time()
         self._to_worker, self._from_worker = to_worker_w, from_worker_r
         for fd in (to_worker_w, from_worker_r):
@@ -181,6 +196,12 @@ class Instance:
         self._loop.add_reader(from_worker_r, self._on_frames_readable)
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
+        if self.memory.oom_events_fd >= 0:
+            self._loop.add_reader(self.memory.oom_events_fd, self._on_oom_kill)
+
+    def _kill_tree(self) -> None:
+        self._signal_group(signal.SIGKILL)
+        self.memory.kill_all()
 
     def _signal_group(self, signum: int) -> None:
         # The worker leads its own process group (start_new_session), and its pid stays
@@ -228,6 +249,10 @@ class Instance:
             data = b""
         if not data:
             self._loop.remove_reader(self._from_worker)
+            if not self._exited:
+                # A dying worker closes its pipes a moment before its pidfd fires: wait for
+                # that, so that an exit is reported as the crash it is.
+                self._loop.call_later(FRAME_EOF_GRACE_S, self._frame_pipe_closed)
             return False
         try:
             self._unpacker.feed(data)
@@ -236,6 +261,10 @@ class Instance:
         except Exception as exc:  # the bytes are the worker's: any decoding error is its fault
             self._protocol_violation(f"{type(exc).__name__}: {exc}")
         return len(data) == _READ_BYTES
+
+    def _frame_pipe_closed(self) -> None:
+        if not self._exited:
+            self._protocol_violation("the worker closed its frame pipe")
 
     def _handle_frame(self, frame: Any) -> None:
         if self.state in (State.RETIRING, State.DEAD):
@@ -271,9 +300,9 @@ class Instance:
             self.id)
         self._pool.instance_ready(self)
 
-    def _complete(self, outcome: Outcome, peak_kb: int) -> None:
+    def _complete(self, outcome: Outcome, reported_peak_kb: int) -> None:
         self._cancel_timer()
-        self._finish(outcome, peak_kb)
+        self._finish(outcome, self.memory.call_peak_kb(reported_peak_kb))
         if self.state is State.BUSY and not self._exited:
             self.state = State.IDLE
             self._pool.instance_idle(self)
@@ -288,6 +317,7 @@ class Instance:
         call.peak_kb = peak_kb
         self._call = None
         self.request_id = None
+        self._pool.call_finished(self)
         call.resolve(outcome)
 
     def _on_deadline(self) -> None:
@@ -296,6 +326,22 @@ class Instance:
         self.kill("the call ran past its timeout")
         self._finish(Outcome(Ending.TIMEOUT), peak_kb)
         self._pool.instance_lost(self, None)
+
+    def _over_memory(self, used_bytes: int) -> None:
+        limit_mb = self.memory.limit_bytes // MB
+        self._log.warning(f"instance {self.id} uses {used_bytes / MB:.0f} MB, more than the "
+                          f"{limit_mb} MB limit; killing it", self.id)
+        was_starting = self.state is State.STARTING
+        self.kill("memory limit")
+        outcome = Outcome(Ending.MEMORY, detail=_memory_message(limit_mb, used_bytes // MB))
+        if self._call is not None:
+            self._finish(outcome, used_bytes // 1024)
+        self._pool.instance_lost(self, outcome if was_starting else None)
+
+    def _on_oom_kill(self) -> None:
+        self._loop.remove_reader(self.memory.oom_events_fd)
+        if self.state in (State.STARTING, State.IDLE, State.BUSY):
+            self._over_memory(self.memory.limit_bytes)
 
     def _on_init_deadline(self) -> None:
         self._timer = None
@@ -335,19 +381,32 @@ class Instance:
         self._close_frame_pipes()
         previous, self.state = self.state, State.DEAD
         self._cancel_timer()
-        if previous is State.STARTING:
-            self._log.warning(f"instance {self.id} exited during initialization "
-                              f"({_describe_exit(returncode)})", self.id)
-            detail = f"the instance {_describe_exit(returncode)} during initialization"
-            self._pool.instance_lost(self, Outcome(Ending.CRASH, detail=detail))
-        elif previous in (State.IDLE, State.BUSY):
-            self._log.warning(f"instance {self.id} {_describe_exit(returncode)}", self.id)
-            if self._call is not None:
-                detail = f"the instance {_describe_exit(returncode)} while handling the call"
-                self._finish(Outcome(Ending.CRASH, detail=detail), 0)
-            self._pool.instance_lost(self, None)
+        if previous in (State.STARTING, State.IDLE, State.BUSY):
+            self._died(previous, returncode)
+        if self.memory.oom_events_fd >= 0:
+            self._loop.remove_reader(self.memory.oom_events_fd)
+        self.memory.release()
         self._log.debug(f"instance {self.id} reaped ({_describe_exit(returncode)})", self.id)
         self._pool.instance_reaped(self)
+
+    def _died(self, previous: State, returncode: int) -> None:
+        """The worker died on its own (or the kernel killed it): settle what it was doing."""
+        when = "during initialization" if previous is State.STARTING else "while handling the call"
+        if self.memory.oom_killed():
+            limit_mb = self.memory.limit_bytes // MB
+            outcome = Outcome(Ending.MEMORY, detail=_memory_message(limit_mb, limit_mb))
+            self._log.warning(f"instance {self.id} ran out of memory ({limit_mb} MB limit) "
+                              f"and was killed by the kernel", self.id)
+        else:
+            outcome = Outcome(Ending.CRASH,
+                              detail=f"the instance {_describe_exit(returncode)} {when}")
+            self._log.warning(f"instance {self.id} {_describe_exit(returncode)}", self.id)
+        if previous is State.STARTING:
+            self._pool.instance_lost(self, outcome)
+            return
+        if self._call is not None:
+            self._finish(outcome, self.memory.call_peak_kb(0))
+        self._pool.instance_lost(self, None)
 
     def _close_frame_pipes(self) -> None:
         if self._from_worker >= 0:
@@ -380,6 +439,11 @@ def _clean_error(error: dict[Any, Any]) -> dict[str, Any]:
         str(error.get("errorType", "Error")),
         [str(line) for line in stack] if isinstance(stack, list) else None,
     )
+
+
+def _memory_message(limit_mb: int, used_mb: int) -> str:
+    return (f"the function used more than its {limit_mb} MB memory limit ({used_mb} MB); "
+            "its instance was stopped and replaced")
 
 
 def _describe(frame: Any) -> str:

@@ -12,7 +12,16 @@ Data flow of one call (who sends what to whom, and what guards each step):
     worker died (pidfd readable): the call gets CRASH --> Pool.instance_lost, as above
 
 Instances are pulled from one idle list rather than fed through per-instance queues, so no call
-waits behind a slow one while another instance is free.
+waits behind a slow one while another instance is free. At most `instances` calls run at once;
+`spares` more instances stay initialized and idle, so that the call after a crash, a timeout or
+a memory kill finds a warm instance instead of waiting for a cold import. The idle list is a
+stack: the instance that finished last serves next, and spares stay spare.
+
+Limits: without a memory cgroup, a watchdog timer samples every live instance's process tree
+each millisecond while any is starting or busy. `max_calls` recycles an instance after that many
+calls (less a random tenth, so instances do not all restart together), one at a time, the
+replacement ready before the old one goes. Whatever a dead instance left behind is killed and
+reaped by the OrphanReaper.
 
 Booting: a new instance reports READY once the entry point has imported. When instances fail
 to boot (the import raises, the process dies, the import outlives the timeout), the pool keeps
@@ -31,27 +40,42 @@ from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
 from supervisor.instance import Instance, State
+from supervisor.limits import MemoryEnforcement, OrphanReaper, children_map
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
+WATCHDOG_INTERVAL_S = 0.001
+# Every this many watchdog ticks, /proc is scanned for processes new to the instances' trees.
+TREE_RESCAN_TICKS = 50
+# Orphans of dead instances are looked for at most this often (a look scans /proc).
+ORPHAN_SWEEP_DELAY_S = 0.05
 _USABLE = (State.STARTING, State.IDLE, State.BUSY)
+_ACTIVE = (State.STARTING, State.BUSY)
 
 
 class Pool:
-    """Keeps `config.instances` workers running and hands each call to a free one."""
+    """Keeps the workers running and hands each call to a free one."""
 
-    def __init__(self, config: Config, log: logs.Log) -> None:
+    def __init__(self, config: Config, memory: MemoryEnforcement, log: logs.Log) -> None:
         self._config = config
+        self._memory = memory
         self._log = log
         self._loop = asyncio.get_running_loop()
         self._environment = config.worker_environment()
         self._instances: dict[int, Instance] = {}
         self._idle: list[Instance] = []
         self._waiting: deque[Call] = deque()
+        self._busy = 0
         self._next_id = 1
         self._boot_failure: Outcome | None = None
         self._boot_failures = 0
         self._retry_timer: asyncio.TimerHandle | None = None
+        self._watchdog_timer: asyncio.TimerHandle | None = None
+        self._watchdog_ticks = 0
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._recycling: Instance | None = None
+        self._replacement: Instance | None = None
+        self._reaper = OrphanReaper(self._loop)
         self._started_at = 0.0
         self._announced_ready = False
         self._stopping = False
@@ -66,8 +90,8 @@ class Pool:
         """Run a call on the next free instance and return how it ended."""
         if self._stopping:
             return Outcome(Ending.SHUTDOWN)
-        if self._idle:
-            self._idle.pop().dispatch(call)
+        if self._idle and self._busy < self._config.instances:
+            self._dispatch(self._idle.pop(), call)
         elif self._boot_failure is not None and not self._has_instance_to_wait_for():
             return self._boot_failure
         else:
@@ -77,8 +101,9 @@ class Pool:
     async def stop(self, timeout_s: float) -> None:
         """Retire every instance and wait (at most timeout_s) until all are reaped."""
         self._stopping = True
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        for timer in (self._retry_timer, self._watchdog_timer, self._sweep_timer):
+            if timer is not None:
+                timer.cancel()
         self._fail_waiting(Outcome(Ending.SHUTDOWN))
         for instance in list(self._instances.values()):
             instance.retire("the supervisor is stopping")
@@ -87,6 +112,7 @@ class Pool:
                 await asyncio.wait_for(self._all_reaped.wait(), timeout_s)
             except TimeoutError:
                 self._log.error(f"{len(self._instances)} instance(s) not reaped in time")
+        self._reaper.sweep(children_map(), keep=set())
 
     # -- hooks called by instances -------------------------------------------------------------
 
@@ -94,37 +120,71 @@ class Pool:
         self._boot_failure = None
         self._boot_failures = 0
         self._announce_if_all_ready()
+        if instance is self._replacement:
+            self._finish_recycling()
         self._fill()
         self.instance_idle(instance)
 
+    def call_finished(self, instance: Instance) -> None:
+        self._busy -= 1
+
     def instance_idle(self, instance: Instance) -> None:
-        while self._waiting:
-            call = self._waiting.popleft()
-            if not call.future.done():
-                instance.dispatch(call)
+        if instance.call_limit is not None and instance.calls_served >= instance.call_limit:
+            if instance is self._recycling and self._replacement is None:
+                instance.retire(f"served {instance.calls_served} calls")
+                self._recycling = None
+                self._fill()
                 return
+            if self._recycling is None:
+                self._start_recycling(instance)
         self._idle.append(instance)
+        self._pump()
 
     def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None:
         if instance in self._idle:
             self._idle.remove(instance)
+        if instance is self._recycling or instance is self._replacement:
+            self._recycling = self._replacement = None  # the survivor serves on as usual
         if boot_failure is not None:
             self._boot_failed(instance, boot_failure)
         self._fill()
+        self._pump()
 
     def instance_reaped(self, instance: Instance) -> None:
         self._instances.pop(instance.id, None)
         if not self._instances:
             self._all_reaped.set()
+        if self._sweep_timer is None and not self._stopping:
+            self._sweep_timer = self._loop.call_later(ORPHAN_SWEEP_DELAY_S, self._sweep_orphans)
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _dispatch(self, instance: Instance, call: Call) -> None:
+        self._busy += 1
+        instance.dispatch(call)
+        self._watch_memory()
+
+    def _pump(self) -> None:
+        """Start waiting calls while there are idle instances and room to run them."""
+        while self._waiting and self._idle and self._busy < self._config.instances:
+            call = self._waiting.popleft()
+            if not call.future.done():
+                self._dispatch(self._idle.pop(), call)
+
+    def _fail_waiting(self, outcome: Outcome) -> None:
+        while self._waiting:
+            self._waiting.popleft().resolve(outcome)
 
     # -- upkeep ----------------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        """Spawn instances up to the configured count (one at a time while boots fail)."""
+        """Spawn instances up to instances + spares (one at a time while boots fail)."""
         if self._stopping:
             return
         usable = [i for i in self._instances.values() if i.state in _USABLE]
-        missing = self._config.instances - len(usable)
+        missing = self._config.instances + self._config.spares - len(usable)
+        if self._recycling is not None:
+            missing += 1  # the instance being recycled is on its way out
         if self._boot_failure is not None:
             if self._retry_timer is not None or any(i.state is State.STARTING for i in usable):
                 return
@@ -132,12 +192,33 @@ class Pool:
         for _ in range(missing):
             self._spawn()
 
-    def _spawn(self) -> None:
-        instance = Instance(self._next_id, self._config, self._environment, self._log, self)
+    def _spawn(self) -> Instance:
+        ident = self._next_id
         self._next_id += 1
-        self._instances[instance.id] = instance
+        instance = Instance(ident, self._config, self._environment,
+                            self._memory.for_instance(ident), self._log, self,
+                            _call_limit(self._config.max_calls))
+        self._instances[ident] = instance
         self._all_reaped.clear()
         instance.spawn()
+        self._watch_memory()
+        return instance
+
+    def _start_recycling(self, instance: Instance) -> None:
+        self._log.info(f"instance {instance.id} served {instance.calls_served} calls; "
+                       "recycling it once its replacement is ready", instance.id)
+        self._recycling = instance
+        self._replacement = self._spawn()
+
+    def _finish_recycling(self) -> None:
+        old, self._recycling, self._replacement = self._recycling, None, None
+        if old is None:
+            return
+        if old.state is State.IDLE:
+            self._idle.remove(old)
+            old.retire(f"served {old.calls_served} calls")
+        elif old.state is State.BUSY:
+            self._recycling = old  # retired when its call ends (see instance_idle)
 
     def _boot_failed(self, instance: Instance, failure: Outcome) -> None:
         if failure != self._boot_failure:
@@ -159,18 +240,43 @@ class Pool:
     def _has_instance_to_wait_for(self) -> bool:
         return any(i.state in _USABLE for i in self._instances.values())
 
-    def _fail_waiting(self, outcome: Outcome) -> None:
-        while self._waiting:
-            self._waiting.popleft().resolve(outcome)
+    def _watch_memory(self) -> None:
+        if self._watchdog_timer is None and self._memory.uses_watchdog and not self._stopping:
+            self._watchdog_timer = self._loop.call_later(WATCHDOG_INTERVAL_S, self._watchdog)
+
+    def _watchdog(self) -> None:
+        self._watchdog_timer = None
+        self._watchdog_ticks += 1
+        children = children_map() if self._watchdog_ticks % TREE_RESCAN_TICKS == 0 else None
+        active = False
+        for instance in list(self._instances.values()):
+            if instance.state in _USABLE:
+                instance.check_memory(children)
+                active = active or instance.state in _ACTIVE
+        if active:
+            self._watch_memory()
+
+    def _sweep_orphans(self) -> None:
+        self._sweep_timer = None
+        children = children_map()
+        live = [i for i in self._instances.values() if i.state is not State.DEAD]
+        self._reaper.sweep(children, keep={pid for i in live for pid in i.memory.pids(children)})
 
     def _announce_if_all_ready(self) -> None:
         if self._announced_ready:
             return
         ready = sum(1 for i in self._instances.values() if i.state in (State.IDLE, State.BUSY))
-        if ready >= self._config.instances:
+        if ready >= self._config.instances + self._config.spares:
             self._announced_ready = True
             elapsed_ms = (self._loop.time() - self._started_at) * 1000
-            self._log.info(f"all {self._config.instances} instances ready in {elapsed_ms:.0f} ms")
+            self._log.info(f"all {ready} instances ready in {elapsed_ms:.0f} ms")
+
+
+def _call_limit(max_calls: int) -> int | None:
+    """An instance's own call limit: max_calls less up to a tenth, so restarts spread out."""
+    if max_calls <= 0:
+        return None
+    return max_calls - random.randint(0, max_calls // 10)
 
 
 def _backoff_s(failures: int) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from supervisor import logs
+from supervisor import limits, logs
 from supervisor.config import Config
 from supervisor.http import FunctionApp
 from supervisor.pool import Pool
@@ -38,7 +38,16 @@ async def _serve(config: Config) -> int:
         log.attach(None)
         return 1
     host, port = listener.getsockname()[:2]
-    pool = Pool(config, log)
+    try:
+        memory = limits.choose_enforcement(config.memory_enforcement, config.memory_mb)
+    except OSError as exc:
+        log.error(f"--memory-enforcement {config.memory_enforcement}: {exc}")
+        log.attach(None)
+        return 1
+    if not limits.become_subreaper():
+        log.warning("cannot become a child subreaper: a daemon a function detaches may outlive "
+                    "its instance")
+    pool = Pool(config, memory, log)
     server = _Server(uvicorn.Config(
         FunctionApp(pool, config, log),
         http="httptools",
@@ -48,17 +57,20 @@ async def _serve(config: Config) -> int:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For from a client must not replace its address
         timeout_graceful_shutdown=config.timeout_s + 1,
     ))
     log.info(f"serving {config.entrypoint} from {config.code_root} on "
-             f"http://{_url_host(host)}:{port} with {config.instances} instance(s), "
-             f"timeout {config.timeout_s:g} s, memory {config.memory_mb} MB")
+             f"http://{_url_host(host)}:{port} with {config.instances} instance(s) "
+             f"+ {config.spares} spare(s), timeout {config.timeout_s:g} s, "
+             f"memory {config.memory_mb} MB enforced by {memory.description}")
     pool.start()
     try:
         with _stop_on_signals(server, log):
             await server.serve(sockets=[listener])
     finally:
         await pool.stop(REAP_TIMEOUT_S)
+        memory.close()
         log.info("stopped")
         log.attach(None)
     return 0

@@ -19,6 +19,9 @@ from worker.channel import Channel
 from worker.memory import PeakMemory
 
 _PR_SET_PDEATHSIG = 1
+_MB = 1024 * 1024
+# An unserializable result is shown to the caller as its repr, cut to this length.
+_MAX_PAYLOAD_CHARS = 64 * 1024
 
 
 def main() -> None:
@@ -29,7 +32,8 @@ def main() -> None:
     init = channel.receive()
     if init is None or init[0] != protocol.INIT or init[1] != protocol.VERSION:
         sys.exit(f"worker: expected INIT frame version {protocol.VERSION}, got {init!r}")
-    _, _, entrypoint, static = init
+    _, _, entrypoint, static, limits = init
+    _limit_address_space(limits["address_space_bytes"])
     stamp = logsetup.install()
     _forget_runtime_modules()
     sys.stdout.reconfigure(line_buffering=True)
@@ -42,13 +46,14 @@ def main() -> None:
         return
     _flush_output()
     channel.send([protocol.READY, protocol.VERSION, (time.perf_counter() - init_started) * 1000])
-    _serve(channel, handler, static, stamp)
+    _serve(channel, handler, static, limits["max_response_bytes"], stamp)
 
 
 def _serve(
     channel: Channel,
     handler: _Handler,
     static: dict[str, Any],
+    max_response_bytes: int,
     stamp: logsetup.RequestIdStamp,
 ) -> None:
     memory = PeakMemory()
@@ -58,7 +63,7 @@ def _serve(
         memory.reset()
         kind, value = handler(event, context.Context(static, request_id, deadline_ms))
         _flush_output()
-        _send_reply(channel, [kind, call_id, value, memory.peak_kb()])
+        channel.send_bytes(_reply(kind, call_id, value, memory.peak_kb(), max_response_bytes))
 
 
 class _Handler:
@@ -79,12 +84,19 @@ class _Handler:
         return protocol.RESULT, result
 
 
-def _send_reply(channel: Channel, reply: list[Any]) -> None:
+def _reply(kind: int, call_id: int, value: Any, peak_kb: int, max_bytes: int) -> bytes:
+    """The reply frame; an unserializable or oversized result is answered as such instead."""
     try:
-        channel.send(reply)
+        data = protocol.pack([kind, call_id, value, peak_kb])
     except protocol.NotSerializable as exc:
-        _, call_id, result, peak_kb = reply
-        channel.send([protocol.UNSERIALIZABLE, call_id, str(exc), _as_text(result), peak_kb])
+        payload = _as_text(value)[:_MAX_PAYLOAD_CHARS]
+        data = protocol.pack([protocol.UNSERIALIZABLE, call_id, str(exc), payload, peak_kb])
+    if len(data) > max_bytes:
+        message = (f"the function's response is {len(data) / _MB:.1f} MB, "
+                   f"more than the {max_bytes / _MB:g} MB limit")
+        error = protocol.error(message, "ResponseTooLarge", None)
+        data = protocol.pack([protocol.FAILURE, call_id, error, peak_kb])
+    return data
 
 
 def _as_text(value: object) -> str:
@@ -120,6 +132,14 @@ def _flush_output() -> None:
                 stream.flush()
         except Exception:
             pass
+
+
+def _limit_address_space(limit_bytes: int | None) -> None:
+    """Apply the opt-in RLIMIT_AS (never the default: numpy alone reserves ~1 GB of it)."""
+    if limit_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
 def _die_with_parent(parent_pid: int) -> None:

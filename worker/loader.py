@@ -12,6 +12,8 @@ from typing import Any
 from worker import protocol
 
 _WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
+# An exception's message is cut to this length: a frame must stay well under its size cap.
+_MAX_MESSAGE_CHARS = 64 * 1024
 
 
 def load(entrypoint: str, code_root: str) -> Callable[..., Any]:
@@ -32,7 +34,10 @@ def describe(exc: BaseException) -> dict[str, Any]:
         for frame in traceback.extract_tb(exc.__traceback__)
         if not _is_runtime_frame(frame.filename)
     ]
-    return protocol.error(str(exc), type(exc).__name__, traceback.format_list(frames))
+    message = str(exc)
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = f"{message[:_MAX_MESSAGE_CHARS]}... [{len(message)} characters in all]"
+    return protocol.error(message, type(exc).__name__, traceback.format_list(frames))
 
 
 def _is_runtime_frame(filename: str) -> bool:

@@ -6,7 +6,10 @@ self-delimiting, so the stream needs no length prefix. This module does no I/O: 
 it, and the worker side must stay light (standard library and msgpack only).
 
 supervisor -> worker
-    [INIT, VERSION, entrypoint, static_context]   once, right after the worker starts
+    [INIT, VERSION, entrypoint, static_context, limits]
+                                                  once, right after the worker starts; limits:
+                                                  {"max_response_bytes": int,
+                                                   "address_space_bytes": int | None}
     [CALL, call_id, event, request_id, deadline_ms]
 worker -> supervisor
     [READY, VERSION, init_ms]                     the entry point imported and resolved
@@ -36,11 +39,10 @@ RESULT = 12
 FAILURE = 13
 UNSERIALIZABLE = 14
 
-# What the supervisor accepts from a worker in one frame; larger frames kill the instance.
-# The platform limits a response to 3.5 MB of JSON; base64 and framing need room on top.
-MAX_WORKER_FRAME_BYTES = 8 * 1024 * 1024
 # What a worker accepts from the supervisor: a 3.5 MB request body grows by a third as base64.
 MAX_SUPERVISOR_FRAME_BYTES = 16 * 1024 * 1024
+# Room on top of the response limit for a frame's own fields.
+_FRAME_OVERHEAD_BYTES = 64 * 1024
 
 
 class NotSerializable(TypeError):
@@ -74,6 +76,15 @@ def unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
         use_list=True,
         max_buffer_size=max_frame_bytes,
     )
+
+
+def frame_cap(max_response_bytes: int) -> int:
+    """The largest frame the supervisor reads from a worker; a larger one kills the instance.
+
+    The worker refuses to send a reply over max_response_bytes itself, so only a worker whose
+    runtime was tampered with ever reaches this cap.
+    """
+    return max_response_bytes + _FRAME_OVERHEAD_BYTES
 
 
 def error(message: str, error_type: str, stack_trace: list[str] | None) -> dict[str, Any]:
