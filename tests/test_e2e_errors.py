@@ -148,7 +148,7 @@ def test_crash_gives_502_then_a_fresh_instance(
     assert process_gone(pid_before), f"crashed instance {pid_before} still runs"
 
 
-def test_crash_is_logged_and_the_replacement_gets_a_new_instance_id(fragile: Supervisor) -> None:
+def test_crash_is_logged_and_another_instance_serves_next(fragile: Supervisor) -> None:
     crash = fragile.call("exit_3")
     assert crash.status_code == 502
     assert_error_logged(fragile, crash, 502)
@@ -156,7 +156,8 @@ def test_crash_is_logged_and_the_replacement_gets_a_new_instance_id(fragile: Sup
     assert recovery.status_code == 200
     crashed_instance = instance_of_call(fragile, crash.headers["X-Request-Id"])
     replacement_instance = instance_of_call(fragile, recovery.headers["X-Request-Id"])
-    assert replacement_instance > crashed_instance
+    # A warm spare (or the crashed instance's replacement) serves next, never the dead one.
+    assert replacement_instance != crashed_instance
 
 
 def test_first_call_timeout_includes_instance_init(launch_supervisor: Launch) -> None:
