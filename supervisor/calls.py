@@ -21,6 +21,8 @@ class Ending(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"  # the worker sent bytes that are not a valid frame
     RUNTIME_ERROR = "runtime_error"  # the supervisor itself could not serve the call
     SHUTDOWN = "shutdown"  # the supervisor is stopping and will not run the call
+    REJECTED = "rejected"  # too many calls in progress: the queue is full, or waited too long
+    CANCELLED = "cancelled"  # the client went away while the call was waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class Call:
         "init_duration_s",
         "instance_id",
         "peak_kb",
+        "queue_timer",
         "request_id",
     )
 
@@ -61,6 +64,7 @@ class Call:
         self.init_duration_s: float | None = None
         self.instance_id: int | None = None
         self.peak_kb = 0
+        self.queue_timer: asyncio.TimerHandle | None = None
 
     def resolve(self, outcome: Outcome) -> None:
         """Hand the outcome to whoever awaits the call (once; later outcomes are ignored)."""

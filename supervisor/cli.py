@@ -40,6 +40,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     _check_range("--spares", args.spares, 0, 1024)
     _check_range("--max-calls", args.max_calls, 0, 2**31)
     _check_range("--address-space-mb", args.address_space_mb, 0, 2**31)
+    _check_range("--max-queue", args.max_queue, 0, 1_000_000)
+    _check_range("--graceful-timeout", args.graceful_timeout, 0, 86400)
+    _check_range("--read-timeout", args.read_timeout, 0.001, 86400)
     _check_range("--max-request-mb", args.max_request_mb, 0.001, 1024)
     _check_range("--max-response-mb", args.max_response_mb, 0.001, 1024)
     env = _read_env_file(args.env_file) if args.env_file else {}
@@ -56,6 +59,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
         address_space_mb=args.address_space_mb,
         spares=args.spares,
         max_calls=args.max_calls,
+        max_queue=args.max_queue,
+        graceful_timeout_s=args.graceful_timeout,
+        read_timeout_s=args.read_timeout,
         max_request_bytes=int(args.max_request_mb * MB),
         max_response_bytes=int(args.max_response_mb * MB),
         function_name=args.function_name or code_root.name or "function",
@@ -98,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
            "the call after a crash or timeout does not wait for a cold start")
     option("--max-calls", int, 0, "recycle an instance after about this many calls "
            "(less up to a tenth, at random); 0 = never")
+    option("--max-queue", int, 256, "calls that may wait for a free instance; beyond that a "
+           "call gets 429 at once, and so does one that waits longer than --timeout")
+    option("--graceful-timeout", float, 30.0, "on SIGTERM/SIGINT, how long calls in flight and "
+           "waiting may take to finish before they are answered 503 and workers are stopped")
+    option("--read-timeout", float, 10.0, "a request must arrive whole within this many "
+           "seconds of its first byte, or its connection is closed (slow clients)")
     option("--max-request-mb", float, 3.5, "largest request body in MB (larger: 413)")
     option("--max-response-mb", float, 3.5, "largest function response in MB (larger: 502)")
     option("--function-name", str, None, "context.function_name (default: the code root's name)")

@@ -34,6 +34,9 @@ class Config:
     max_request_bytes: int = PLATFORM_BODY_LIMIT_BYTES
     max_response_bytes: int = PLATFORM_BODY_LIMIT_BYTES
     spares: int = 1
+    max_queue: int = 256
+    graceful_timeout_s: float = 30.0
+    read_timeout_s: float = 10.0
     max_calls: int = 0
     memory_enforcement: str = "auto"
     address_space_mb: int = 0

@@ -1,8 +1,10 @@
 """The HTTP front: an ASGI app that turns a request into a call and the outcome into a response.
 
 It runs under uvicorn (httptools, uvloop). The platform's event and response rules live in
-events.py; this module decides the integration (HTTP, raw, async), reads the body within its
-limit, renders each outcome as the platform does, and writes the call's END/ERROR/REPORT lines.
+events.py and responses.py; this module reads the body within its limit, picks the integration
+(HTTP, raw, async), admits the call to the pool, withdraws it if the client leaves while it
+waits, and writes the call's END/ERROR/REPORT lines. Three paths belong to the supervisor and
+are never passed to the function: /healthz, /readyz and /metrics.
 """
 
 from __future__ import annotations
@@ -15,52 +17,68 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
-from supervisor import events, logs
+from supervisor import events, logs, responses
 from supervisor.calls import Call, Ending, Outcome
-from supervisor.config import Config
+from supervisor.config import MB, Config
+from supervisor.metrics import OUTCOME_OF_ENDING, Metrics
 from supervisor.pool import Pool
 
-Headers = list[tuple[bytes, bytes]]
-
-_JSON = (b"Content-Type", b"application/json")
-_FUNCTION_ERROR = (b"X-Function-Error", b"true")
-_TIMEOUT_ERROR = {"errorMessage": "execution timeout exceeded",
-                  "errorType": "JobExecutionTimeoutExceeded", "stackTrace": None}
 _INTEGRATIONS = ("raw", "async")
+_TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 
 
 class FunctionApp:
-    """The ASGI application serving the function at every path."""
+    """The ASGI application serving the function at every path but the reserved ones."""
 
-    def __init__(self, pool: Pool, config: Config, log: logs.Log) -> None:
+    def __init__(self, pool: Pool, metrics: Metrics, config: Config, log: logs.Log) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._config = config
         self._log = log
         self._loop = asyncio.get_running_loop()
         self._background: set[asyncio.Task[None]] = set()
+        self._reserved = {
+            "/healthz": self._live,
+            "/readyz": self._ready,
+            "/metrics": self._scrape,
+        }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        reserved = self._reserved.get(scope["path"])
+        if reserved is not None:
+            status, headers, body = reserved()
+            return await _send(send, status, headers, body, None)
         request_id = str(uuid.uuid4())
+        try:
+            status, headers, body = await self._invoke(scope, receive, request_id)
+        except _ClientGone:
+            return
+        if status:
+            await _send(send, status, headers, body, request_id)
+
+    async def _invoke(self, scope: dict[str, Any], receive: Any,
+                      request_id: str) -> tuple[int, responses.Headers, bytes]:
+        """Run the request's call; status 0 means the client is gone and gets no answer."""
         body = await _read_body(scope, receive, self._config.max_request_bytes)
         if body is None:
-            limit_mb = self._config.max_request_bytes / (1024 * 1024)
-            error = {"errorMessage": f"request body is larger than the {limit_mb:g} MB limit",
-                     "errorType": "RequestTooLarge"}
-            return await _send(send, 413, [_JSON], json.dumps(error).encode(), request_id)
+            limit_mb = self._config.max_request_bytes / MB
+            return self._refuse(413, f"request body is larger than the {limit_mb:g} MB limit",
+                                "RequestTooLarge")
         integration = _integration(scope["query_string"])
         if integration is not None and integration not in _INTEGRATIONS:
-            error = {"errorMessage": f"unknown integration {integration!r}: use raw or async",
-                     "errorType": "BadRequest"}
-            return await _send(send, 400, [_JSON], json.dumps(error).encode(), request_id)
+            return self._refuse(400, f"unknown integration {integration!r}: use raw or async",
+                                "BadRequest")
         call = Call(request_id, self._event(scope, body, request_id, integration),
                     time.perf_counter(), self._loop.create_future())
         if integration == "async":
             self._run_in_background(call)
-            return await _send(send, 202, [], b"", request_id)
-        status, headers, payload = await self._run(call, raw=integration == "raw")
-        await _send(send, status, headers, payload, request_id)
+            return 202, [], b""
+        self._pool.submit(call)
+        if call.dispatched_at is None and not call.future.done():
+            await self._wait_in_queue(call, receive)
+        return self._finish(call, await call.future, raw=integration == "raw")
 
     def _event(self, scope: dict[str, Any], body: bytes, request_id: str,
                integration: str | None) -> Any:
@@ -70,23 +88,46 @@ class FunctionApp:
             scope["method"], scope["query_string"], scope["headers"], body, scope.get("client"),
             request_id, str(uuid.uuid4()), time.time())
 
-    async def _run(self, call: Call, raw: bool) -> tuple[int, Headers, bytes]:
-        outcome = await self._pool.run(call)
-        status, headers, payload, error_message = _render(outcome, raw)
+    async def _wait_in_queue(self, call: Call, receive: Any) -> None:
+        """Wait for the queued call to end, withdrawing it if the client disconnects first."""
+        disconnect = self._loop.create_task(_disconnected(receive))
+        try:
+            await asyncio.wait((call.future, disconnect), return_when=asyncio.FIRST_COMPLETED)
+            if disconnect.done() and not call.future.done():
+                self._pool.withdraw(call)
+        finally:
+            disconnect.cancel()
+
+    def _finish(self, call: Call, outcome: Outcome,
+                raw: bool) -> tuple[int, responses.Headers, bytes]:
+        status, headers, body, error_message = responses.render(outcome, raw)
+        self._metrics.call_ended(call, OUTCOME_OF_ENDING[outcome.ending])
         self._log_end(call, status, error_message)
-        return status, headers, payload
+        if outcome.ending is Ending.CANCELLED:
+            return 0, [], b""
+        return status, headers, body
 
     def _run_in_background(self, call: Call) -> None:
+        async def run() -> None:
+            self._pool.submit(call)
+            self._finish(call, await call.future, raw=True)
+
         # The loop keeps only weak references to tasks: hold them until they finish.
-        task = self._loop.create_task(self._run(call, raw=True))
+        task = self._loop.create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _refuse(self, status: int, message: str,
+                error_type: str) -> tuple[int, responses.Headers, bytes]:
+        self._metrics.count_refusal()
+        body = json.dumps({"errorMessage": message, "errorType": error_type}).encode()
+        return status, [responses.JSON], body
 
     def _log_end(self, call: Call, status: int, error_message: str | None) -> None:
         write, rid, instance = self._log.write, call.request_id, call.instance_id
         if call.dispatched_at is None or call.finished_at is None:
             if error_message is not None:  # it never reached an instance
-                write(logging.ERROR, logs.error_line(rid, status, error_message), None, rid)
+                write(logging.WARNING, logs.error_line(rid, status, error_message), None, rid)
             return
         write(logging.INFO, logs.end_line(rid), instance, rid)
         if error_message is not None:
@@ -98,50 +139,31 @@ class FunctionApp:
                                   queuing_ms, init_s * 1000 if init_s is not None else None)
         write(logging.INFO, report, instance, rid)
 
+    # -- the supervisor's own paths ----------------------------------------------------------------
 
-def _render(outcome: Outcome, raw: bool) -> tuple[int, Headers, bytes, str | None]:
-    """The response for an outcome: status, headers, body, and the ERROR line's message."""
-    ending = outcome.ending
-    if ending is Ending.OK:
-        try:
-            if raw:
-                return 200, [], events.map_raw_response(outcome.value), None
-            status, headers, body = events.map_http_response(outcome.value)
-            return status, headers, body, None
-        except events.MalformedResponse as exc:
-            return _error(502, events.malformed_error(str(exc), outcome.value))
-    if ending in (Ending.FUNCTION_ERROR, Ending.INIT_ERROR):
-        return _error(502, outcome.value)
-    if ending is Ending.UNSERIALIZABLE:
-        return _error(502, {
-            "errorMessage": "Malformed serverless function response: "
-                            f"the result is not JSON-serializable: {outcome.detail}",
-            "errorType": "ProxyIntegrationError",
-            "payload": outcome.value,
-        })
-    if ending is Ending.TIMEOUT:
-        return _error(504, _TIMEOUT_ERROR, "Execution timeout exceeded")
-    if ending is Ending.MEMORY:
-        return _error(502, {"errorMessage": outcome.detail, "errorType": "MemoryLimitExceeded",
-                            "stackTrace": None})
-    if ending is Ending.CRASH:
-        return _error(502, {"errorMessage": outcome.detail, "errorType": "InstanceCrashed",
-                            "stackTrace": None})
-    if ending is Ending.PROTOCOL_ERROR:
-        return _error(502, {"errorMessage": outcome.detail, "errorType": "WorkerProtocolError",
-                            "stackTrace": None})
-    if ending is Ending.SHUTDOWN:
-        return _error(503, {"errorMessage": "the server is shutting down",
-                            "errorType": "ServiceUnavailable"}, function_error=False)
-    return _error(500, {"errorMessage": outcome.detail or "internal runtime error",
-                        "errorType": "InternalError"}, function_error=False)
+    def _live(self) -> tuple[int, responses.Headers, bytes]:
+        return 200, [_TEXT], b"ok\n"
+
+    def _ready(self) -> tuple[int, responses.Headers, bytes]:
+        if self._pool.is_ready():
+            return 200, [_TEXT], b"ready\n"
+        failure = self._pool.boot_failure
+        if failure is not None:
+            _, headers, body, _ = responses.render(failure, raw=False)
+            return 503, headers, body
+        return 503, [_TEXT], b"not ready: no instance is initialized\n"
+
+    def _scrape(self) -> tuple[int, responses.Headers, bytes]:
+        return 200, [(b"Content-Type", self._metrics.content_type.encode())], self._metrics.render()
 
 
-def _error(status: int, error: dict[str, Any], log_message: str | None = None,
-           function_error: bool = True) -> tuple[int, Headers, bytes, str]:
-    headers = [_JSON, _FUNCTION_ERROR] if function_error else [_JSON]
-    message = log_message or f"{error.get('errorType')}: {error.get('errorMessage')}"
-    return status, headers, json.dumps(error, ensure_ascii=False).encode(), message
+class _ClientGone(Exception):
+    """The client disconnected before its request arrived whole."""
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | None:
@@ -153,6 +175,8 @@ async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes |
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -172,8 +196,10 @@ def _integration(query_string: bytes) -> str | None:
     return value
 
 
-async def _send(send: Any, status: int, headers: Headers, body: bytes, request_id: str) -> None:
+async def _send(send: Any, status: int, headers: responses.Headers, body: bytes,
+                request_id: str | None) -> None:
     headers.append((b"Content-Length", str(len(body)).encode()))
-    headers.append((b"X-Request-Id", request_id.encode()))
+    if request_id is not None:
+        headers.append((b"X-Request-Id", request_id.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

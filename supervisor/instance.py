@@ -68,6 +68,8 @@ class Instance:
         self.request_id: str | None = None
         self.init_duration_s: float | None = None
         self.calls_served = 0
+        # Why the instance ended: timeout, memory, crash, protocol, init_failure, recycle, ...
+        self.end_reason: str | None = None
         self._config = config
         self._environment = environment
         self._log = log
@@ -95,6 +97,7 @@ class Instance:
         except OSError as exc:
             self._log.error(f"instance {self.id} could not start a worker: {exc}", self.id)
             self.state = State.DEAD
+            self.end_reason = "spawn_failure"
             failure = Outcome(Ending.RUNTIME_ERROR, detail=f"could not start a worker: {exc}")
             self._pool.instance_lost(self, failure)
             self._pool.instance_reaped(self)
@@ -128,10 +131,15 @@ class Instance:
         self._timer = self._loop.call_at(now + budget_s, self._on_deadline)
 
     def retire(self, reason: str) -> None:
-        """Stop the worker the platform's way: SIGTERM, then SIGKILL shortly after."""
+        """Stop the worker the platform's way: SIGTERM, then SIGKILL shortly after.
+
+        `reason` is "recycle" or "shutdown".
+        """
         if self.state in (State.RETIRING, State.DEAD):
             return
-        self._log.debug(f"instance {self.id} retiring: {reason}", self.id)
+        self._log.debug(f"instance {self.id} retiring ({reason}, {self.calls_served} calls)",
+                        self.id)
+        self.end_reason = reason
         self.state = State.RETIRING
         self._cancel_timer()
         if self._call is not None:
@@ -140,10 +148,11 @@ class Instance:
         self._loop.call_later(RETIRE_GRACE_S, self._kill_tree)
 
     def kill(self, reason: str) -> None:
-        """SIGKILL the worker's process group now; the pool is told the instance is lost."""
+        """SIGKILL the worker's whole tree now; `reason` becomes its end_reason."""
         if self.state in (State.RETIRING, State.DEAD):
             return
-        self._log.debug(f"instance {self.id} killed: {reason}", self.id)
+        self._log.debug(f"instance {self.id} killed ({reason})", self.id)
+        self.end_reason = reason
         self.state = State.RETIRING
         self._cancel_timer()
         self._kill_tree()
@@ -323,7 +332,7 @@ class Instance:
     def _on_deadline(self) -> None:
         self._timer = None
         peak_kb = _resident_kb(self.pid)
-        self.kill("the call ran past its timeout")
+        self.kill("timeout")
         self._finish(Outcome(Ending.TIMEOUT), peak_kb)
         self._pool.instance_lost(self, None)
 
@@ -332,7 +341,7 @@ class Instance:
         self._log.warning(f"instance {self.id} uses {used_bytes / MB:.0f} MB, more than the "
                           f"{limit_mb} MB limit; killing it", self.id)
         was_starting = self.state is State.STARTING
-        self.kill("memory limit")
+        self.kill("memory")
         outcome = Outcome(Ending.MEMORY, detail=_memory_message(limit_mb, used_bytes // MB))
         if self._call is not None:
             self._finish(outcome, used_bytes // 1024)
@@ -350,7 +359,7 @@ class Instance:
         self._boot_failed(Outcome(Ending.TIMEOUT, detail="initialization timed out"))
 
     def _boot_failed(self, failure: Outcome) -> None:
-        self.kill("initialization failed")
+        self.kill("init_failure")
         self._pool.instance_lost(self, failure)
 
     def _protocol_violation(self, reason: str) -> None:
@@ -359,7 +368,7 @@ class Instance:
         self._log.error(f"instance {self.id} sent an invalid frame ({reason}); killing it",
                         self.id)
         was_starting = self.state is State.STARTING
-        self.kill("invalid frame")
+        self.kill("protocol")
         if self._call is not None:
             message = f"the instance broke the runtime protocol ({reason}) and was replaced"
             self._finish(Outcome(Ending.PROTOCOL_ERROR, detail=message), 0)
@@ -392,7 +401,9 @@ class Instance:
     def _died(self, previous: State, returncode: int) -> None:
         """The worker died on its own (or the kernel killed it): settle what it was doing."""
         when = "during initialization" if previous is State.STARTING else "while handling the call"
+        self.end_reason = "init_failure" if previous is State.STARTING else "crash"
         if self.memory.oom_killed():
+            self.end_reason = "memory"
             limit_mb = self.memory.limit_bytes // MB
             outcome = Outcome(Ending.MEMORY, detail=_memory_message(limit_mb, limit_mb))
             self._log.warning(f"instance {self.id} ran out of memory ({limit_mb} MB limit) "

@@ -70,11 +70,13 @@ class CgroupLayout:
     version: int
     limit_file: str
     peak_file: str
+    usage_file: str
     events_file: str
 
 
-V1 = CgroupLayout(1, "memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.oom_control")
-V2 = CgroupLayout(2, "memory.max", "memory.peak", "memory.events")
+V1 = CgroupLayout(1, "memory.limit_in_bytes", "memory.max_usage_in_bytes", "memory.usage_in_bytes",
+                  "memory.oom_control")
+V2 = CgroupLayout(2, "memory.max", "memory.peak", "memory.current", "memory.events")
 
 
 class InstanceMemory:
@@ -113,13 +115,18 @@ class InstanceMemory:
         """
         if children is not None:
             self._track(descendants(self.pid, children))
+        used = self.current_bytes()
+        self._call_peak_bytes = max(self._call_peak_bytes, used)
+        return used
+
+    def current_bytes(self) -> int:
+        """Resident memory of the processes known to be in the instance's tree."""
         used = 0
         for pid, fd in list(self._statm_fds.items()):
             try:
                 used += int(os.pread(fd, 64, 0).split()[1]) * _PAGE_BYTES
             except (OSError, IndexError, ValueError):
                 os.close(self._statm_fds.pop(pid))
-        self._call_peak_bytes = max(self._call_peak_bytes, used)
         return used
 
     def oom_killed(self) -> bool:
@@ -206,6 +213,12 @@ class CgroupMemory(InstanceMemory):
 
     def sample(self, children: ChildrenMap | None) -> int:
         return 0  # the kernel enforces the limit; nothing to watch
+
+    def current_bytes(self) -> int:
+        try:
+            return int((self.path / self._layout.usage_file).read_text())
+        except (OSError, ValueError):
+            return 0
 
     def oom_killed(self) -> bool:
         return self._oom_kills() > self._oom_kills_at_start

@@ -33,6 +33,7 @@ retry every few seconds, not a core, and fixing the code needs no restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections import deque
 
@@ -76,9 +77,13 @@ class Pool:
         self._recycling: Instance | None = None
         self._replacement: Instance | None = None
         self._reaper = OrphanReaper(self._loop)
+        # Instances replaced, by end_reason (for metrics).
+        self.restarts: collections.Counter[str] = collections.Counter()
         self._started_at = 0.0
         self._announced_ready = False
         self._stopping = False
+        # Set when the supervisor stops accepting connections: readiness turns 503.
+        self.draining = False
         self._all_reaped = asyncio.Event()
 
     def start(self) -> None:
@@ -86,27 +91,63 @@ class Pool:
         self._started_at = self._loop.time()
         self._fill()
 
-    async def run(self, call: Call) -> Outcome:
-        """Run a call on the next free instance and return how it ended."""
+    def submit(self, call: Call) -> None:
+        """Start the call on a free instance, or queue it; its outcome comes in call.future.
+
+        Admission: when the queue already holds max_queue calls, the call is rejected at once
+        (the platform's 429) rather than left to wait without bound.
+        """
         if self._stopping:
-            return Outcome(Ending.SHUTDOWN)
-        if self._idle and self._busy < self._config.instances:
+            call.resolve(Outcome(Ending.SHUTDOWN))
+        elif self._idle and self._busy < self._config.instances:
             self._dispatch(self._idle.pop(), call)
         elif self._boot_failure is not None and not self._has_instance_to_wait_for():
-            return self._boot_failure
+            call.resolve(self._boot_failure)
+        elif len(self._waiting) >= self._config.max_queue:
+            detail = (f"too many calls in progress: {self._busy} running and "
+                      f"{len(self._waiting)} waiting (--max-queue {self._config.max_queue})")
+            call.resolve(Outcome(Ending.REJECTED, detail=detail))
         else:
             self._waiting.append(call)
-        return await call.future
+            call.queue_timer = self._loop.call_later(self._config.timeout_s,
+                                                     self._queue_expired, call)
 
-    async def stop(self, timeout_s: float) -> None:
-        """Retire every instance and wait (at most timeout_s) until all are reaped."""
+    def withdraw(self, call: Call) -> None:
+        """The client went away: a call that is still waiting leaves the queue unrun."""
+        if call.dispatched_at is None and call in self._waiting:
+            self._waiting.remove(call)
+            self._unqueue(call, Outcome(Ending.CANCELLED))
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def boot_failure(self) -> Outcome | None:
+        """The latest initialization failure, while no boot has succeeded since."""
+        return self._boot_failure
+
+    def is_ready(self) -> bool:
+        """Whether a call could run now or soon: an instance is initialized, none is failing."""
+        return not self.draining and self._boot_failure is None and any(
+            i.state in (State.IDLE, State.BUSY) for i in self._instances.values())
+
+    def instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
+    def abort_calls(self) -> None:
+        """Stopping: answer waiting calls with SHUTDOWN and retire every instance."""
         self._stopping = True
         for timer in (self._retry_timer, self._watchdog_timer, self._sweep_timer):
             if timer is not None:
                 timer.cancel()
         self._fail_waiting(Outcome(Ending.SHUTDOWN))
         for instance in list(self._instances.values()):
-            instance.retire("the supervisor is stopping")
+            instance.retire("shutdown")
+
+    async def stop(self, timeout_s: float) -> None:
+        """Retire every instance and wait (at most timeout_s) until all are reaped."""
+        self.abort_calls()
         if self._instances:
             try:
                 await asyncio.wait_for(self._all_reaped.wait(), timeout_s)
@@ -131,7 +172,7 @@ class Pool:
     def instance_idle(self, instance: Instance) -> None:
         if instance.call_limit is not None and instance.calls_served >= instance.call_limit:
             if instance is self._recycling and self._replacement is None:
-                instance.retire(f"served {instance.calls_served} calls")
+                self._retire_recycled(instance)
                 self._recycling = None
                 self._fill()
                 return
@@ -141,6 +182,7 @@ class Pool:
         self._pump()
 
     def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None:
+        self.restarts[instance.end_reason or "unknown"] += 1
         if instance in self._idle:
             self._idle.remove(instance)
         if instance is self._recycling or instance is self._replacement:
@@ -168,12 +210,24 @@ class Pool:
         """Start waiting calls while there are idle instances and room to run them."""
         while self._waiting and self._idle and self._busy < self._config.instances:
             call = self._waiting.popleft()
-            if not call.future.done():
-                self._dispatch(self._idle.pop(), call)
+            if call.queue_timer is not None:
+                call.queue_timer.cancel()
+            self._dispatch(self._idle.pop(), call)
+
+    def _queue_expired(self, call: Call) -> None:
+        self._waiting.remove(call)
+        detail = (f"no instance became free within the {self._config.timeout_s:g} s timeout "
+                  f"({self._busy} calls running, {len(self._waiting)} waiting)")
+        self._unqueue(call, Outcome(Ending.REJECTED, detail=detail))
+
+    def _unqueue(self, call: Call, outcome: Outcome) -> None:
+        if call.queue_timer is not None:
+            call.queue_timer.cancel()
+        call.resolve(outcome)
 
     def _fail_waiting(self, outcome: Outcome) -> None:
         while self._waiting:
-            self._waiting.popleft().resolve(outcome)
+            self._unqueue(self._waiting.popleft(), outcome)
 
     # -- upkeep ----------------------------------------------------------------------------------
 
@@ -216,9 +270,13 @@ class Pool:
             return
         if old.state is State.IDLE:
             self._idle.remove(old)
-            old.retire(f"served {old.calls_served} calls")
+            self._retire_recycled(old)
         elif old.state is State.BUSY:
             self._recycling = old  # retired when its call ends (see instance_idle)
+
+    def _retire_recycled(self, instance: Instance) -> None:
+        instance.retire("recycle")
+        self.restarts["recycle"] += 1
 
     def _boot_failed(self, instance: Instance, failure: Outcome) -> None:
         if failure != self._boot_failure:

@@ -13,7 +13,9 @@ import uvicorn
 
 from supervisor import limits, logs
 from supervisor.config import Config
+from supervisor.connections import read_deadline_protocol
 from supervisor.http import FunctionApp
+from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 
 # How long stopping workers may take once the server has stopped: SIGTERM, SIGKILL 50 ms later,
@@ -48,9 +50,10 @@ async def _serve(config: Config) -> int:
         log.warning("cannot become a child subreaper: a daemon a function detaches may outlive "
                     "its instance")
     pool = Pool(config, memory, log)
+    metrics = Metrics(config.function_name, pool)
     server = _Server(uvicorn.Config(
-        FunctionApp(pool, config, log),
-        http="httptools",
+        FunctionApp(pool, metrics, config, log),
+        http=read_deadline_protocol(config.read_timeout_s),
         ws="none",
         lifespan="off",
         loop="none",
@@ -58,7 +61,8 @@ async def _serve(config: Config) -> int:
         log_config=None,
         server_header=False,
         proxy_headers=False,  # X-Forwarded-For from a client must not replace its address
-        timeout_graceful_shutdown=config.timeout_s + 1,
+        # A backstop only: the pool answers what is left at the graceful timeout (see below).
+        timeout_graceful_shutdown=config.graceful_timeout_s + 2,
     ))
     log.info(f"serving {config.entrypoint} from {config.code_root} on "
              f"http://{_url_host(host)}:{port} with {config.instances} instance(s) "
@@ -66,7 +70,7 @@ async def _serve(config: Config) -> int:
              f"memory {config.memory_mb} MB enforced by {memory.description}")
     pool.start()
     try:
-        with _stop_on_signals(server, log):
+        with _stop_on_signals(server, pool, config.graceful_timeout_s, log):
             await server.serve(sockets=[listener])
     finally:
         await pool.stop(REAP_TIMEOUT_S)
@@ -85,18 +89,28 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def _stop_on_signals(server: uvicorn.Server, log: logs.Log) -> Iterator[None]:
-    """First SIGTERM/SIGINT: finish what is in flight, then stop. Second: stop now."""
+def _stop_on_signals(server: uvicorn.Server, pool: Pool, graceful_timeout_s: float,
+                     log: logs.Log) -> Iterator[None]:
+    """First SIGTERM/SIGINT: stop accepting, let calls finish for up to graceful_timeout_s,
+    then answer what is left with 503 and stop. A second signal stops at once."""
     loop = asyncio.get_running_loop()
+
+    def out_of_time() -> None:
+        log.warning(f"calls still unfinished after {graceful_timeout_s:g} s; answering them 503")
+        pool.abort_calls()
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
         if server.should_exit:
             log.warning(f"{name} again: stopping now")
             server.force_exit = True
+            pool.abort_calls()
         else:
-            log.info(f"{name}: finishing calls in flight, then stopping")
+            log.info(f"{name}: no new connections; finishing calls in flight "
+                     f"(up to {graceful_timeout_s:g} s), then stopping")
             server.should_exit = True
+            pool.draining = True
+            loop.call_later(graceful_timeout_s, out_of_time)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
