@@ -209,6 +209,8 @@ class Instance:
             self._loop.add_reader(self.memory.oom_events_fd, self._on_oom_kill)
 
     def _kill_tree(self) -> None:
+        if self._process is None or self._process.returncode is not None:
+            return  # reaped: the pid may already name another process
         self._signal_group(signal.SIGKILL)
         self.memory.kill_all()
 
@@ -380,7 +382,8 @@ class Instance:
         self._exited = True
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        self._signal_group(signal.SIGKILL)  # whatever it left behind in its group
+        # Whatever it left behind in its group or cgroup; its pid stays reserved until wait().
+        self._kill_tree()
         while self._from_worker >= 0 and self._on_frames_readable():
             pass  # a reply sent just before the exit still counts
         assert self._process is not None

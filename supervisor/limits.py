@@ -90,6 +90,8 @@ class InstanceMemory:
         self.limit_bytes = limit_bytes
         self.pid = 0
         self._statm_fds: dict[int, int] = {}
+        # Resident bytes of a process not counted against the instance (see _track).
+        self._baselines: dict[int, int] = {}
         self._call_peak_bytes = 0
 
     def command(self, argv: list[str]) -> list[str]:
@@ -122,12 +124,17 @@ class InstanceMemory:
     def current_bytes(self) -> int:
         """Resident memory of the processes known to be in the instance's tree."""
         used = 0
-        for pid, fd in list(self._statm_fds.items()):
-            try:
-                used += int(os.pread(fd, 64, 0).split()[1]) * _PAGE_BYTES
-            except (OSError, IndexError, ValueError):
-                os.close(self._statm_fds.pop(pid))
+        for pid in list(self._statm_fds):
+            used += max(0, self._resident_bytes(pid) - self._baselines[pid])
         return used
+
+    def _resident_bytes(self, pid: int) -> int:
+        try:
+            return int(os.pread(self._statm_fds[pid], 64, 0).split()[1]) * _PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            os.close(self._statm_fds.pop(pid))
+            self._baselines.pop(pid, None)
+            return 0
 
     def oom_killed(self) -> bool:
         """Whether the kernel killed a process of this instance for memory (cgroups only)."""
@@ -148,16 +155,33 @@ class InstanceMemory:
             killed |= pids
 
     def release(self) -> None:
+        """The worker has been reaped: forget it (its pid may soon name another process)."""
+        self.pid = 0
         for fd in self._statm_fds.values():
             os.close(fd)
         self._statm_fds.clear()
+        self._baselines.clear()
 
     def _track(self, pids: Iterable[int]) -> None:
+        """Start reading the resident memory of processes new to the tree.
+
+        Summing plain RSS would count a forked child's copy-on-write pages, shared with its
+        parent, once per child (50 forks of a 20 MB worker would "use" 1 GB). So a child is
+        counted from a baseline: its resident memory when first seen, but at most the
+        worker's. A fork's shared pages are then not counted again, while memory a child
+        allocates, before or after it is first seen, is. The worker counts in full.
+        """
+        worker_bytes = self._resident_bytes(self.pid) if self.pid in self._statm_fds else 0
         for pid in set(pids) - self._statm_fds.keys():
             try:
                 self._statm_fds[pid] = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
-                pass
+                continue
+            self._baselines[pid] = 0
+            if pid != self.pid:
+                resident = self._resident_bytes(pid)
+                if pid in self._statm_fds:
+                    self._baselines[pid] = min(resident, worker_bytes)
 
 
 class CgroupMemory(InstanceMemory):
@@ -236,14 +260,22 @@ class CgroupMemory(InstanceMemory):
         super().kill_all()
 
     def release(self) -> None:
+        super().release()
         for fd in (self._peak_fd, self._oom_control_fd, self.oom_events_fd):
             if fd >= 0:
                 os.close(fd)
         self._peak_fd = self._oom_control_fd = self.oom_events_fd = -1
+        self.remove()
+
+    def remove(self) -> bool:
+        """Remove the cgroup; False while killed members are still dying."""
         try:
             self.path.rmdir()
+        except FileNotFoundError:
+            return True
         except OSError:
-            pass  # still has processes; the parent directory's removal retries
+            return False
+        return True
 
     def _oom_kills(self) -> int:
         try:
@@ -263,6 +295,7 @@ class MemoryEnforcement:
         self.limit_bytes = limit_mb * MB
         self._parent = parent
         self._layout = layout
+        self._cgroups: list[CgroupMemory] = []
 
     @property
     def description(self) -> str:
@@ -277,7 +310,13 @@ class MemoryEnforcement:
     def for_instance(self, instance_id: int) -> InstanceMemory:
         if self._parent is None or self._layout is None:
             return InstanceMemory(self.limit_bytes)
-        return CgroupMemory(self.limit_bytes, self._parent / f"i{instance_id}", self._layout)
+        memory = CgroupMemory(self.limit_bytes, self._parent / f"i{instance_id}", self._layout)
+        self._cgroups.append(memory)
+        return memory
+
+    def remove_released(self) -> None:
+        """Remove the cgroups of reaped instances whose last processes have died since."""
+        self._cgroups = [m for m in self._cgroups if m.pid or not m.remove()]
 
     def close(self) -> None:
         """Remove the supervisor's cgroup directory (its instances are gone by now)."""
@@ -341,10 +380,12 @@ def _make_parent(own_dir: Path, layout: CgroupLayout) -> Path:
 
 
 def _remove_stale_parents(own_dir: Path) -> None:
-    """Directories left by supervisors that were SIGKILLed; empty ones go."""
+    """Directories left by a supervisor that was SIGKILLed: what still runs there dies."""
     for stale in own_dir.glob(f"{_CGROUP_PREFIX}*"):
         pid = stale.name.removeprefix(_CGROUP_PREFIX)
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            for procs in stale.glob("*/cgroup.procs"):
+                _kill(int(member) for member in _read(procs).split())
             _remove_cgroup_tree(stale)
 
 

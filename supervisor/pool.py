@@ -319,6 +319,7 @@ class Pool:
         children = children_map()
         live = [i for i in self._instances.values() if i.state is not State.DEAD]
         self._reaper.sweep(children, keep={pid for i in live for pid in i.memory.pids(children)})
+        self._memory.remove_released()
 
     def _announce_if_all_ready(self) -> None:
         if self._announced_ready:
