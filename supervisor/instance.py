@@ -270,7 +270,7 @@ class Instance:
             for frame in self._unpacker:
                 self._handle_frame(frame)
         except Exception as exc:  # the bytes are the worker's: any decoding error is its fault
-            self._protocol_violation(f"{type(exc).__name__}: {exc}")
+            self._protocol_violation(f"{type(exc).__name__}: {exc or 'bytes that are not msgpack'}")
         return len(data) == _READ_BYTES
 
     def _frame_pipe_closed(self) -> None:

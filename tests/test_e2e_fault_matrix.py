@@ -1,0 +1,479 @@
+"""End to end, the fault matrix: a broken function costs one failed call with a clear error.
+
+Each hostile behaviour of functions/hostile.py runs on a supervisor with 2 instances (+1 spare)
+while well-behaved calls keep going in parallel on the same pool. For each: the hostile call gets
+its status and error type, every parallel call succeeds, the next call works (on a fresh instance
+when the hostile one was killed), the supervisor's memory stays bounded, and no process the call
+started is left. Everything runs under both memory enforcements: the watchdog, and a cgroup
+where this machine lets the supervisor make one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from e2e_helpers import (
+    FUNCTIONS_DIR,
+    POLL_INTERVAL_S,
+    PYTHON_M_SUPERVISOR,
+    REAP_DEADLINE_S,
+    REQUEST_TIMEOUT_S,
+    STOP_DEADLINE_S,
+    Launch,
+    Supervisor,
+    is_alive,
+    ok_json,
+    only_runtime_line,
+    process_gone,
+    supervisor_launcher,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+TIMEOUT_S = 2
+MEMORY_MB = 64
+INSTANCES = 2
+SPARES = 1
+POOL_SIZE = INSTANCES + SPARES
+ENFORCED_BY = {"watchdog": "enforced by watchdog", "cgroup": "enforced by cgroup v"}
+NO_CGROUP = "no writable memory cgroup"
+SERVING = " serving "  # the startup line, which says how the memory limit is enforced
+TIMEOUT_BODY = {
+    "errorMessage": "execution timeout exceeded",
+    "errorType": "JobExecutionTimeoutExceeded",
+    "stackTrace": None,
+}
+# A timed-out call answers within this long after its deadline.
+DEADLINE_SLACK_S = 1.5
+# The supervisor's peak resident memory may grow this much during one hostile call: less than
+# the 50 MB line of `big_stdout`, which must never be held whole.
+SUPERVISOR_GROWTH_BYTES = 25 * 1024 * 1024
+# A surviving hostile instance must serve again within this many rounds of parallel calls.
+SERVE_AGAIN_ROUNDS = 5
+HOLD_S = 0.2
+FIRST_GOOD_CALL_WAIT_S = 10.0
+READY_LINE = re.compile(r"instance (\d+) ready \(pid (\d+)")
+LINE_CUT_NOTE = re.compile(r" \[line cut: (\d+) more bytes dropped\]$")
+MAX_LINE_BYTES = 64 * 1024
+BOOT_FAILURE_LINE = re.compile(r"failed to initialize|initialization failing")
+BOOT_OBSERVE_S = 2.0
+MAX_BOOT_FAILURE_LINES = 20
+HANG_TIMEOUT_S = 1
+HANG_CALLS = 3
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A hostile behaviour (`?do=`) and what its call must get."""
+
+    do: str
+    status: int
+    error_types: tuple[str, ...] = ()
+    message: str = ""  # a part of the errorMessage
+    kills_instance: bool = True
+    spawns: int = 0  # processes the call starts and records in its pid file
+    stdout_bytes: int = 0  # what the call writes to stdout, all cut into long lines
+
+
+CRASHED = ("InstanceCrashed",)
+BROKEN_PROTOCOL = ("WorkerProtocolError", "InstanceCrashed")
+TIMED_OUT = ("JobExecutionTimeoutExceeded",)
+OUT_OF_MEMORY = ("MemoryLimitExceeded",)
+FAULTS = [
+    Fault("raise", 502, ("HostileFailure",), "hostile function raised", kills_instance=False),
+    Fault("exit", 502, CRASHED, "code 3"),
+    Fault("os_exit", 502, CRASHED, "code 1"),
+    Fault("sigkill", 502, CRASHED, "SIGKILL"),
+    Fault("segfault", 502, CRASHED, "SIGSEGV"),
+    Fault("loop", 504, TIMED_OUT),
+    Fault("sleep", 504, TIMED_OUT),
+    Fault("ignore_sigterm", 504, TIMED_OUT),
+    Fault("memory_bomb", 502, OUT_OF_MEMORY, f"{MEMORY_MB} MB"),
+    Fault("slow_leak", 502, OUT_OF_MEMORY, f"{MEMORY_MB} MB"),
+    Fault("fork_bomb", 504, TIMED_OUT, spawns=50),
+    Fault("daemon_loop", 504, TIMED_OUT, spawns=1),
+    Fault("close_fds", 502, BROKEN_PROTOCOL),
+    Fault("garbage", 502, BROKEN_PROTOCOL),
+    Fault("big_stdout", 200, kills_instance=False, stdout_bytes=50_000_000),
+    Fault("big_body", 502, ("ResponseTooLarge",), "3.5 MB", kills_instance=False),
+    Fault("unserializable", 502, ("ProxyIntegrationError",), "not JSON-serializable",
+          kills_instance=False),
+    Fault("thread", 200, kills_instance=False),
+]
+
+
+# -- starting supervisors ----------------------------------------------------------------------
+
+
+@functools.cache
+def cgroup_unavailable() -> str | None:
+    """Why `--memory-enforcement cgroup` cannot start on this machine; None when it can."""
+    argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0",
+            "--instances", "1", "--spares", "0", "--memory-enforcement", "cgroup",
+            "hostile.handler"]
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("SFSUPERVISOR_")}
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=FUNCTIONS_DIR) as probe:
+        assert probe.stderr is not None
+        line = next((line for line in probe.stderr if NO_CGROUP in line or SERVING in line), "")
+        if NO_CGROUP in line:
+            assert probe.wait(STOP_DEADLINE_S) == 1, line
+            return line.strip()
+        probe.send_signal(signal.SIGTERM)
+        probe.communicate(timeout=STOP_DEADLINE_S)
+    assert ENFORCED_BY["cgroup"] in line, f"exit code {probe.returncode}, line {line!r}"
+    return None
+
+
+@pytest.fixture(scope="module", params=sorted(ENFORCED_BY))
+def enforcement(request: pytest.FixtureRequest) -> str:
+    """How the memory limit is enforced: `watchdog`, or `cgroup` where one can be made."""
+    if request.param == "cgroup" and (reason := cgroup_unavailable()):
+        pytest.skip(f"--memory-enforcement cgroup cannot start here: {reason}")
+    return request.param
+
+
+def supervisor_options(enforcement: str, *extra: str, timeout_s: float = TIMEOUT_S) -> list[str]:
+    """The matrix's command-line options, then `extra`."""
+    return [
+        "--instances", str(INSTANCES), "--spares", str(SPARES), "--timeout", str(timeout_s),
+        "--memory", str(MEMORY_MB), "--memory-enforcement", enforcement,
+        "--log-format", "json", *extra,
+    ]
+
+
+def launch_hostile(launch: Launch, enforcement: str, pid_dir: Path, *extra: str) -> Supervisor:
+    """hostile.handler with the matrix's options; checks which enforcement is in force."""
+    supervisor = launch(
+        "hostile.handler", *supervisor_options(enforcement, "--env", f"HOSTILE_DIR={pid_dir}"),
+        *extra,
+    )
+    assert ENFORCED_BY[enforcement] in supervisor.log_text(), supervisor.log_tail()
+    return supervisor
+
+
+@pytest.fixture(scope="module")
+def pid_dir(enforcement: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the matrix's hostile calls write their pid files (and its supervisor its logs)."""
+    return tmp_path_factory.mktemp(f"hostile-{enforcement}")
+
+
+@pytest.fixture(scope="module")
+def hostile(enforcement: str, pid_dir: Path) -> Iterator[Supervisor]:
+    """hostile.handler on 2 instances + 1 spare, shared by the matrix of one enforcement."""
+    with supervisor_launcher(pid_dir) as launch:
+        yield launch_hostile(launch, enforcement, pid_dir)
+
+
+# -- reading what happened -----------------------------------------------------------------------
+
+
+def function_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Check the status and X-Function-Error of a failed call; return its JSON body."""
+    assert response.status_code == status, f"{response.status_code}: {response.text[:2000]}"
+    assert response.headers["X-Function-Error"] == "true"
+    return response.json()
+
+
+def worker_pids(records: list[dict[str, Any]]) -> dict[int, int]:
+    """Instance id -> worker pid, from the `instance N ready (pid P, ...)` lines."""
+    pids = {}
+    for record in records:
+        if match := READY_LINE.search(str(record.get("message", ""))):
+            pids[int(match.group(1))] = int(match.group(2))
+    return pids
+
+
+def serving_pid(supervisor: Supervisor, response: httpx.Response) -> int:
+    """The pid of the worker that served a call (its instance is on the call's START line)."""
+    request_id = response.headers["X-Request-Id"]
+    records = supervisor.wait_for_reports([request_id])
+    instance = only_runtime_line(records, "START", request_id)[1]["instance"]
+    return worker_pids(records)[instance]
+
+
+def assert_stdout_cut(supervisor: Supervisor, response: httpx.Response, written: int) -> None:
+    """The call's stdout was logged in lines of at most 64 KiB, each cut one noting the rest."""
+    request_id = response.headers["X-Request-Id"]
+    records = supervisor.wait_for_reports([request_id])
+    kept = dropped = cuts = 0
+    for record in records:
+        if record.get("request_id") == request_id and record.get("stream") == "stdout":
+            line = str(record["message"])
+            if note := LINE_CUT_NOTE.search(line):
+                line = line[: note.start()]
+                dropped += int(note.group(1))
+                cuts += 1
+            assert len(line) <= MAX_LINE_BYTES
+            kept += len(line)
+    assert cuts > 0, "no [line cut: ...] note"
+    assert kept + dropped == written, f"{kept} bytes kept + {dropped} dropped != {written}"
+
+
+def recorded_pids(pid_dir: Path, tag: str) -> list[int]:
+    """The pids a hostile call wrote to its pid file."""
+    return [int(line) for line in (pid_dir / f"{tag}.pids").read_text().split()]
+
+
+def live_descendants(supervisor: Supervisor) -> list[psutil.Process]:
+    """The supervisor's descendants that still run (zombies excluded)."""
+    try:
+        tree = psutil.Process(supervisor.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [process for process in tree if is_alive(process)]
+
+
+def describe(process: psutil.Process) -> str:
+    """A pid with its command line, for failure messages."""
+    try:
+        return f"{process.pid} {process.cmdline()}"
+    except psutil.Error:
+        return str(process.pid)
+
+
+def assert_only_workers_remain(supervisor: Supervisor) -> None:
+    """Wait until the tree is just the pool: at most POOL_SIZE processes, each a ready worker.
+
+    Strays (processes a hostile call left) are killed after a failed wait, so that one broken
+    behaviour does not spill into the next test.
+    """
+    deadline = time.monotonic() + REAP_DEADLINE_S
+    while True:
+        tree = live_descendants(supervisor)
+        workers = set(worker_pids(supervisor.log_records()).values())
+        strays = [process for process in tree if process.pid not in workers]
+        if not strays and len(tree) <= POOL_SIZE:
+            return
+        if time.monotonic() > deadline:
+            for process in strays:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            pytest.fail(f"the tree is not back to the pool: {[describe(p) for p in tree]}, "
+                        f"strays {[describe(p) for p in strays]}", pytrace=False)
+        time.sleep(POLL_INTERVAL_S)
+
+
+def assert_gone(pids: list[int], timeout_s: float = REAP_DEADLINE_S) -> None:
+    """Every process of `pids` finishes within `timeout_s` (those left are then killed)."""
+    deadline = time.monotonic() + timeout_s
+    left = [pid for pid in pids if not process_gone(pid, max(0.0, deadline - time.monotonic()))]
+    for pid in left:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    assert not left, f"still running after {timeout_s} s: {left}"
+
+
+# -- the supervisor's own memory -----------------------------------------------------------------
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset a process's VmHWM to its current RSS (`5` to /proc/PID/clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """A process's VmHWM in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+# -- well-behaved calls in parallel --------------------------------------------------------------
+
+
+class GoodCalls:
+    """`?do=ok` calls, one after another from a thread, while the `with` block runs.
+
+    Entering waits for the first of them to finish; every one must get 200. The thread also
+    notes the supervisor's descendants, so processes a hostile call starts are tracked too.
+    """
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._stop = threading.Event()
+        self._first_done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.count = 0
+        self.failures: list[str] = []
+
+    def __enter__(self) -> GoodCalls:
+        self._thread.start()
+        assert self._first_done.wait(FIRST_GOOD_CALL_WAIT_S), "the first good call never ended"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        base_url = f"http://127.0.0.1:{self._supervisor.port}"
+        with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
+            while not self._stop.is_set():
+                self._call(client)
+                self._supervisor.track_descendants()
+                self._first_done.set()
+
+    def _call(self, client: httpx.Client) -> None:
+        self.count += 1
+        try:
+            response = client.get("/", params={"do": "ok"})
+        except httpx.HTTPError as exc:
+            self.failures.append(repr(exc))
+            return
+        if response.status_code != 200:
+            self.failures.append(f"{response.status_code}: {response.text}")
+
+
+# -- the matrix ----------------------------------------------------------------------------------
+
+
+def assert_hostile_answer(response: httpx.Response, fault: Fault, elapsed_s: float) -> None:
+    """The hostile call got its status and a clear error of the right type."""
+    if fault.status == 200:
+        ok_json(response)
+        return
+    error = function_error(response, fault.status)
+    if fault.status == 504:
+        assert error == TIMEOUT_BODY
+        assert TIMEOUT_S - 0.1 < elapsed_s < TIMEOUT_S + DEADLINE_SLACK_S, f"{elapsed_s:.2f} s"
+        return
+    assert error["errorType"] in fault.error_types, error
+    assert isinstance(error["errorMessage"], str) and error["errorMessage"], error
+    assert fault.message in error["errorMessage"], error
+    if error["errorType"] == "HostileFailure":
+        assert all(isinstance(frame, str) for frame in error["stackTrace"]), error
+        assert any("hostile.py" in frame for frame in error["stackTrace"]), error
+
+
+def parallel_call_pids(supervisor: Supervisor) -> list[int]:
+    """The pids answering INSTANCES `?do=ok` calls sent at once, each holding its instance."""
+    url = f"http://127.0.0.1:{supervisor.port}/"
+
+    def call(_: int) -> int:
+        params = {"do": "ok", "hold": HOLD_S}
+        return ok_json(httpx.get(url, params=params, timeout=REQUEST_TIMEOUT_S,
+                                 trust_env=False))["pid"]
+
+    with ThreadPoolExecutor(INSTANCES) as executor:
+        return list(executor.map(call, range(INSTANCES)))
+
+
+def assert_next_call_works(supervisor: Supervisor, fault: Fault, hostile_pid: int) -> None:
+    """Calls after the hostile one succeed, on a fresh instance if the hostile one was killed.
+
+    An instance that survived its hostile call must serve again: parallel calls that hold their
+    instances are sent until one lands on it.
+    """
+    if fault.kills_instance:
+        next_pid = ok_json(supervisor.request("GET", "/", params={"do": "ok"}))["pid"]
+        assert next_pid != hostile_pid
+        assert process_gone(hostile_pid), f"the hostile instance {hostile_pid} still runs"
+        return
+    served = []
+    for _ in range(SERVE_AGAIN_ROUNDS):
+        served += parallel_call_pids(supervisor)
+        if hostile_pid in served:
+            return
+    pytest.fail(f"instance {hostile_pid} served none of the next calls ({served})")
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.do for fault in FAULTS])
+def test_hostile_call_fails_alone(hostile: Supervisor, pid_dir: Path, fault: Fault) -> None:
+    tag = uuid.uuid4().hex
+    rss_before = psutil.Process(hostile.pid).memory_info().rss
+    reset_peak_rss(hostile.pid)
+    with GoodCalls(hostile) as good:
+        started = time.monotonic()
+        response = hostile.request("GET", "/", params={"do": fault.do, "tag": tag})
+        elapsed_s = time.monotonic() - started
+    assert_hostile_answer(response, fault, elapsed_s)
+    assert not good.failures, f"{len(good.failures)} of {good.count}: {good.failures[:5]}"
+    assert good.count >= 2
+    growth = peak_rss_bytes(hostile.pid) - rss_before
+    assert growth < SUPERVISOR_GROWTH_BYTES, f"the supervisor grew by {growth} bytes"
+    if fault.stdout_bytes:
+        assert_stdout_cut(hostile, response, fault.stdout_bytes)
+    assert_next_call_works(hostile, fault, serving_pid(hostile, response))
+    if fault.spawns:
+        pids = recorded_pids(pid_dir, tag)
+        assert len(pids) == fault.spawns
+        assert_gone(pids)
+    assert_only_workers_remain(hostile)
+
+
+# -- daemons, and entry modules that do not import ----------------------------------------------
+
+
+def test_daemon_of_a_returning_call_dies_with_its_instance(
+    launch_supervisor: Launch, enforcement: str, tmp_path: Path
+) -> None:
+    # One instance and no spare: the next call runs on the instance that started the daemon.
+    supervisor = launch_hostile(launch_supervisor, enforcement, tmp_path,
+                                "--instances", "1", "--spares", "0")
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    ok_json(supervisor.request("GET", "/", params={"do": "daemon_return", "tag": first}))
+    timeout = supervisor.request("GET", "/", params={"do": "loop"})
+    assert function_error(timeout, 504) == TIMEOUT_BODY
+    assert_gone(recorded_pids(tmp_path, first))
+    ok_json(supervisor.request("GET", "/", params={"do": "daemon_return", "tag": second}))
+    problems = supervisor.stop()
+    assert not problems, "\n".join(problems)
+    assert_gone(recorded_pids(tmp_path, second))
+
+
+def test_import_that_raises_fails_every_call_without_spinning(
+    launch_supervisor: Launch, enforcement: str
+) -> None:
+    supervisor = launch_supervisor("hostile_import_raises.handler",
+                                   *supervisor_options(enforcement), wait_instances=False)
+    deadline = time.monotonic() + BOOT_OBSERVE_S
+    while time.monotonic() < deadline:
+        error = function_error(supervisor.request("GET", "/"), 502)
+        assert error["errorType"] == "HostileImportError", error
+        assert len(live_descendants(supervisor)) <= POOL_SIZE
+        time.sleep(POLL_INTERVAL_S)
+    boot_failure_lines = BOOT_FAILURE_LINE.findall(supervisor.log_text())
+    assert 0 < len(boot_failure_lines) < MAX_BOOT_FAILURE_LINES, supervisor.log_tail()
+
+
+def test_import_that_hangs_times_out_and_its_workers_are_killed(
+    launch_supervisor: Launch, enforcement: str
+) -> None:
+    supervisor = launch_supervisor(
+        "hostile_import_hangs.handler",
+        *supervisor_options(enforcement, timeout_s=HANG_TIMEOUT_S),
+        wait_instances=False,
+    )
+    seen: set[int] = set()
+    for _ in range(HANG_CALLS):
+        started = time.monotonic()
+        response = supervisor.request("GET", "/")
+        elapsed_s = time.monotonic() - started
+        assert function_error(response, 504) == TIMEOUT_BODY
+        # A call waits at most for one instance's import: the first call's timeout includes it.
+        assert elapsed_s < HANG_TIMEOUT_S + DEADLINE_SLACK_S, f"answered after {elapsed_s:.2f} s"
+        hanging = live_descendants(supervisor)
+        assert len(hanging) <= POOL_SIZE, [describe(process) for process in hanging]
+        seen.update(process.pid for process in hanging)
+    # Each hanging worker is killed at its own init deadline, not only when the server stops.
+    assert_gone(sorted(seen), HANG_TIMEOUT_S + DEADLINE_SLACK_S)
