@@ -1,6 +1,7 @@
 """Fixtures that run the real sfsupervisor command for the end-to-end tests (test_e2e_*.py)."""
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ E2E_FROM_FILE=file-value
 E2E_FILE_SPACES=a b c
 E2E_FILE_EQUALS=x=y
 """
+BACKGROUND_THREADS = 8
 ROUTER_OPTIONS = (
     "--instances", "1",
     "--log-format", "json",
@@ -57,3 +59,10 @@ def router(
 def router_pool(launch_session_supervisor: Launch) -> Supervisor:
     """router.handler on four instances with JSON logs and otherwise default options."""
     return launch_session_supervisor("router.handler", "--instances", "4", "--log-format", "json")
+
+
+@pytest.fixture
+def background() -> Iterator[ThreadPoolExecutor]:
+    """Threads for calls that run while the test goes on; teardown waits for them to end."""
+    with ThreadPoolExecutor(BACKGROUND_THREADS) as pool:
+        yield pool

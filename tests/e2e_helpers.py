@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 FUNCTIONS_DIR = (Path(__file__).parent / "functions").resolve()
 PYTHON_M_SUPERVISOR = (sys.executable, "-m", "supervisor")
@@ -161,6 +162,7 @@ class Supervisor:
         self._descendants_lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._stopped = False
+        self._signalled: signal.Signals | None = None
 
     @property
     def pid(self) -> int:
@@ -224,6 +226,27 @@ class Supervisor:
             connection.close()
             self.track_descendants()
 
+    def send_signal(self, sent: signal.Signals) -> None:
+        """Signal the supervisor now; stop() then expects the exit it causes instead of
+        signalling again: code 0, or -9 after SIGKILL."""
+        assert self._process is not None
+        self.track_descendants()
+        self._signalled = sent
+        self._process.send_signal(sent)
+
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """Wait up to `timeout_s` for the supervisor to exit; its exit code, or None."""
+        assert self._process is not None
+        try:
+            return self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def wait_until(self, check: Callable[[], T], what: str,
+                   timeout_s: float = LOG_DEADLINE_S) -> T:
+        """Poll `check` until it returns something true; fail if the supervisor exits first."""
+        return self._poll(check, what, time.monotonic() + timeout_s)
+
     def log_text(self) -> str:
         """Everything the supervisor wrote to stderr so far."""
         return self.log_path.read_text(errors="replace")
@@ -264,7 +287,8 @@ class Supervisor:
         """Signal the supervisor and wait for it; return what went wrong (empty: all well).
 
         Problems: it had exited by itself, it needed SIGKILL, its exit code was not 0, or a
-        process that was ever its descendant is still running (those are then killed).
+        process that was ever its descendant is still running (those are then killed). After
+        send_signal(), no signal is sent: the exit that signal causes is awaited and checked.
         """
         if self._stopped or self._process is None:
             return []
@@ -281,18 +305,25 @@ class Supervisor:
 
     def _end_supervisor(self, stop_signal: signal.Signals) -> list[str]:
         assert self._process is not None
+        if self._signalled is not None:
+            return self._await_exit(self._signalled)
         early_code = self._process.poll()
         if early_code is not None:
             return [f"sfsupervisor exited by itself with code {early_code} before it was stopped"]
         self._process.send_signal(stop_signal)
+        return self._await_exit(stop_signal)
+
+    def _await_exit(self, sent: signal.Signals) -> list[str]:
+        assert self._process is not None
         try:
             code = self._process.wait(timeout=STOP_DEADLINE_S)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-            return [f"sfsupervisor still ran {STOP_DEADLINE_S} s after {stop_signal.name}"]
-        if code != 0:
-            return [f"sfsupervisor exited with code {code} on {stop_signal.name}, expected 0"]
+            return [f"sfsupervisor still ran {STOP_DEADLINE_S} s after {sent.name}"]
+        expected = -signal.SIGKILL if sent is signal.SIGKILL else 0
+        if code != expected:
+            return [f"sfsupervisor exited with code {code} on {sent.name}, expected {expected}"]
         return []
 
     def _wait_descendants_gone(self) -> list[str]:
@@ -333,6 +364,65 @@ class Supervisor:
             if time.monotonic() > deadline:
                 pytest.fail(f"no {what} in time:\n{self.log_tail()}", pytrace=False)
             time.sleep(POLL_INTERVAL_S)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """The samples of one /metrics scrape: (sample name, labels) -> value."""
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples `name` whose labels include `labels` (0 when none)."""
+        wanted = set(labels.items())
+        return sum(value for (sample, have), value in self.samples.items()
+                   if sample == name and wanted <= have)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        """The values the label `label` takes in the samples `name`."""
+        return {value for sample, have in self.samples if sample == name
+                for key, value in have if key == label}
+
+
+def scrape_metrics(supervisor: Supervisor) -> Scrape:
+    """GET /metrics and parse it as the Prometheus text format."""
+    response = supervisor.request("GET", "/metrics")
+    assert response.status_code == 200, f"{response.status_code}: {response.text}"
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    return Scrape(samples)
+
+
+def wait_metric(supervisor: Supervisor, expected: float, name: str, **labels: str) -> None:
+    """Wait until /metrics shows `expected` as the sum of the samples `name` with `labels`."""
+    supervisor.wait_until(
+        lambda: scrape_metrics(supervisor).value(name, **labels) == expected,
+        f"{name}{labels} == {expected}",
+    )
+
+
+def wait_busy(supervisor: Supervisor, count: int) -> None:
+    """Wait until /metrics shows `count` busy instances."""
+    wait_metric(supervisor, count, "sfsupervisor_instances", state="busy")
+
+
+def wait_queued(supervisor: Supervisor, count: int) -> None:
+    """Wait until /metrics shows `count` calls waiting for an instance."""
+    wait_metric(supervisor, count, "sfsupervisor_queue_length")
+
+
+def assert_refusal(response: httpx.Response, status: int, error_type: str, message: str) -> None:
+    """A runtime refusal: `status`, a JSON body of exactly errorMessage (containing `message`)
+    and errorType, and no X-Function-Error header (the function is not to blame)."""
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    body = response.json()
+    assert set(body) == {"errorMessage", "errorType"}, body
+    assert body["errorType"] == error_type, body
+    assert message in body["errorMessage"], body
+    assert "X-Function-Error" not in response.headers
 
 
 Launch = Callable[..., Supervisor]
