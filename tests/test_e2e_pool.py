@@ -1,0 +1,75 @@
+"""End to end: warm spares, the concurrency limit, and recycling with --max-calls."""
+
+from __future__ import annotations
+
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from e2e_helpers import Launch, ok_json
+
+pytestmark = pytest.mark.timeout(60)
+
+IMPORT_S = 0.5  # tests/functions/slow_boot.py's import time
+# A call that found a warm instance answers well before a cold import could finish.
+WARM_CALL_S = 0.3
+
+
+def timed(call):
+    """Run `call()`; return its result and how long it took."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_a_warm_spare_serves_the_call_after_a_crash(launch_supervisor: Launch) -> None:
+    supervisor = launch_supervisor("slow_boot.handler", "--instances", "1", "--spares", "1")
+    crashed_pid = ok_json(supervisor.call("pid"))["pid"]
+    assert supervisor.call("crash").status_code == 502
+    response, elapsed_s = timed(lambda: supervisor.call("pid"))
+    assert ok_json(response)["pid"] != crashed_pid
+    assert elapsed_s < WARM_CALL_S
+
+
+def test_without_spares_the_call_after_a_crash_waits_for_a_cold_start(
+    launch_supervisor: Launch,
+) -> None:
+    supervisor = launch_supervisor("slow_boot.handler", "--instances", "1", "--spares", "0")
+    assert supervisor.call("crash").status_code == 502
+    response, elapsed_s = timed(lambda: supervisor.call("pid"))
+    assert response.status_code == 200
+    assert elapsed_s >= IMPORT_S * 0.9
+
+
+def test_spares_add_no_concurrency(launch_supervisor: Launch) -> None:
+    supervisor = launch_supervisor("slow_boot.handler", "--instances", "1", "--spares", "2")
+    with ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        calls = [pool.submit(supervisor.call, "sleep", seconds=0.5) for _ in range(2)]
+        pids = {ok_json(call.result())["pid"] for call in calls}
+        elapsed_s = time.monotonic() - started
+    assert elapsed_s >= 0.95  # one after the other, though two more instances sat idle
+    assert len(pids) == 1  # the instance that finished last serves next: spares stay spare
+
+
+def test_max_calls_recycles_with_the_replacement_ready_first(launch_supervisor: Launch) -> None:
+    max_calls = 5
+    supervisor = launch_supervisor(
+        "slow_boot.handler", "--instances", "1", "--spares", "0", "--max-calls", str(max_calls))
+    served_by: list[int] = []
+    slowest_s = 0.0
+    deadline = time.monotonic() + 20
+    while len(set(served_by)) < 3 and time.monotonic() < deadline:
+        response, elapsed_s = timed(lambda: supervisor.call("pid"))
+        served_by.append(ok_json(response)["pid"])
+        slowest_s = max(slowest_s, elapsed_s)
+        time.sleep(0.02)
+    calls_per_pid = collections.Counter(served_by)
+    assert len(calls_per_pid) >= 3, calls_per_pid
+    # Each recycled instance served its limit (max_calls less up to a tenth: here exactly 5),
+    # and went on serving until its replacement had imported: no call waited for a cold start.
+    recycled = [pid for pid in calls_per_pid if pid != served_by[-1]]
+    assert all(calls_per_pid[pid] >= max_calls for pid in recycled), calls_per_pid
+    assert slowest_s < WARM_CALL_S
+    assert "recycling it once its replacement is ready" in supervisor.log_text()
