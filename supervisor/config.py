@@ -51,11 +51,12 @@ class Config:
             "LAMBDA_TASK_ROOT": str(self.code_root),
         }
 
-    def worker_limits(self) -> dict[str, Any]:
+    def worker_limits(self, measure_peak: bool) -> dict[str, Any]:
         """The limits a worker applies to itself (the INIT frame's last field)."""
         return {
             "max_response_bytes": self.max_response_bytes,
             "address_space_bytes": self.address_space_mb * MB or None,
+            "measure_peak": measure_peak,
         }
 
     def static_context(self) -> dict[str, Any]:

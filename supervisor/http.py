@@ -90,13 +90,12 @@ class FunctionApp:
 
     async def _wait_in_queue(self, call: Call, receive: Any) -> None:
         """Wait for the queued call to end, withdrawing it if the client disconnects first."""
-        disconnect = self._loop.create_task(_disconnected(receive))
+        watch = self._loop.create_task(_disconnected(receive))
+        watch.add_done_callback(lambda _: self._pool.withdraw(call))
         try:
-            await asyncio.wait((call.future, disconnect), return_when=asyncio.FIRST_COMPLETED)
-            if disconnect.done() and not call.future.done():
-                self._pool.withdraw(call)
+            await call.future
         finally:
-            disconnect.cancel()
+            watch.cancel()
 
     def _finish(self, call: Call, outcome: Outcome,
                 raw: bool) -> tuple[int, responses.Headers, bytes]:

@@ -104,7 +104,8 @@ class Instance:
             return
         self._log.debug(f"instance {self.id} started (pid {self.pid})", self.id)
         self._send([protocol.INIT, protocol.VERSION, self._config.entrypoint,
-                    self._config.static_context(), self._config.worker_limits()])
+                    self._config.static_context(),
+                    self._config.worker_limits(self.memory.needs_worker_peak)])
         self._timer = self._loop.call_later(self._config.timeout_s, self._on_init_deadline)
 
     def dispatch(self, call: Call) -> None:

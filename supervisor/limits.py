@@ -85,6 +85,8 @@ class InstanceMemory:
     description = "watchdog (sampling each instance's process tree every 1 ms)"
     # Readable when the kernel OOM-kills a process of the instance (cgroup v1 only).
     oom_events_fd = -1
+    # Whether the worker should measure its own per-call peak (a cgroup knows it already).
+    needs_worker_peak = True
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
@@ -186,6 +188,8 @@ class InstanceMemory:
 
 class CgroupMemory(InstanceMemory):
     """An instance in its own memory cgroup: the kernel enforces the limit."""
+
+    needs_worker_peak = False
 
     def __init__(self, limit_bytes: int, path: Path, layout: CgroupLayout) -> None:
         super().__init__(limit_bytes)

@@ -46,7 +46,8 @@ def main() -> None:
         return
     _flush_output()
     channel.send([protocol.READY, protocol.VERSION, (time.perf_counter() - init_started) * 1000])
-    _serve(channel, handler, static, limits["max_response_bytes"], stamp)
+    memory = PeakMemory() if limits["measure_peak"] else None
+    _serve(channel, handler, static, limits["max_response_bytes"], memory, stamp)
 
 
 def _serve(
@@ -54,16 +55,18 @@ def _serve(
     handler: _Handler,
     static: dict[str, Any],
     max_response_bytes: int,
+    memory: PeakMemory | None,
     stamp: logsetup.RequestIdStamp,
 ) -> None:
-    memory = PeakMemory()
     while (frame := channel.receive()) is not None:
         _, call_id, event, request_id, deadline_ms = frame
         stamp.request_id = request_id
-        memory.reset()
+        if memory is not None:
+            memory.reset()
         kind, value = handler(event, context.Context(static, request_id, deadline_ms))
         _flush_output()
-        channel.send_bytes(_reply(kind, call_id, value, memory.peak_kb(), max_response_bytes))
+        peak_kb = memory.peak_kb() if memory is not None else 0
+        channel.send_bytes(_reply(kind, call_id, value, peak_kb, max_response_bytes))
 
 
 class _Handler:

@@ -9,12 +9,14 @@ supervisor -> worker
     [INIT, VERSION, entrypoint, static_context, limits]
                                                   once, right after the worker starts; limits:
                                                   {"max_response_bytes": int,
-                                                   "address_space_bytes": int | None}
+                                                   "address_space_bytes": int | None,
+                                                   "measure_peak": bool}
     [CALL, call_id, event, request_id, deadline_ms]
 worker -> supervisor
     [READY, VERSION, init_ms]                     the entry point imported and resolved
     [INIT_ERROR, error]                           it did not; the worker exits after sending this
-    [RESULT, call_id, value, peak_rss_kb]         the handler returned value
+    [RESULT, call_id, value, peak_rss_kb]         the handler returned value (peak_rss_kb is 0
+                                                  unless measure_peak: a cgroup may know better)
     [FAILURE, call_id, error, peak_rss_kb]        the handler raised
     [UNSERIALIZABLE, call_id, reason, payload, peak_rss_kb]
                                                   the handler returned something that is not JSON
