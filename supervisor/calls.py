@@ -49,7 +49,7 @@ class Call:
         "init_duration_s",
         "instance_id",
         "peak_kb",
-        "queue_timer",
+        "queued_at",
         "request_id",
     )
 
@@ -64,7 +64,7 @@ class Call:
         self.init_duration_s: float | None = None
         self.instance_id: int | None = None
         self.peak_kb = 0
-        self.queue_timer: asyncio.TimerHandle | None = None
+        self.queued_at: float | None = None
 
     def resolve(self, outcome: Outcome) -> None:
         """Hand the outcome to whoever awaits the call (once; later outcomes are ignored)."""

@@ -1,21 +1,31 @@
-"""Connection guards uvicorn lacks: a deadline for reading each request.
+"""What the HTTP connections need beyond uvicorn: a read deadline and a disconnect hook.
 
 uvicorn closes idle keep-alive connections, but a client that opens a connection and sends its
 headers (or body) a byte at a time holds it for as long as it likes (slowloris). Each request
 here must arrive whole within the read timeout of its first byte (of the connection, for the
 first request); otherwise the connection is closed. The parsing stays httptools'.
+
+The app learns that a client went away while its call waits in the queue through
+`scope[CONNECTION]`, the connection itself: it sets `on_disconnect` while the call waits. An
+ASGI app could instead keep a task in `receive()` for every queued call, which under load costs
+more than the rest of the queueing together.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+CONNECTION = "sfsupervisor.connection"
 
-class _ReadDeadlineProtocol(HttpToolsProtocol):
+
+class _GuardedProtocol(HttpToolsProtocol):
     read_timeout_s = 10.0
     _read_timer: asyncio.TimerHandle | None = None
+    # Called once if the connection is lost; the app sets it while a call waits.
+    on_disconnect: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -23,6 +33,7 @@ class _ReadDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[CONNECTION] = self  # type: ignore[literal-required]
         self._arm_read_timer()
 
     def on_message_complete(self) -> None:
@@ -32,6 +43,9 @@ class _ReadDeadlineProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
         super().connection_lost(exc)
+        hook, self.on_disconnect = self.on_disconnect, None
+        if hook is not None:
+            hook()
 
     def _arm_read_timer(self) -> None:
         self._cancel_read_timer()
@@ -50,7 +64,6 @@ class _ReadDeadlineProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def read_deadline_protocol(read_timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol, closing connections that send requests too slowly."""
-    return type("ReadDeadlineProtocol", (_ReadDeadlineProtocol,),
-                {"read_timeout_s": read_timeout_s})
+def guarded_protocol(read_timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a read deadline and a disconnect hook."""
+    return type("GuardedProtocol", (_GuardedProtocol,), {"read_timeout_s": read_timeout_s})

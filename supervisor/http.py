@@ -10,6 +10,7 @@ are never passed to the function: /healthz, /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from urllib.parse import parse_qsl
 from supervisor import events, logs, responses
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import MB, Config
+from supervisor.connections import CONNECTION
 from supervisor.metrics import OUTCOME_OF_ENDING, Metrics
 from supervisor.pool import Pool
 
@@ -77,7 +79,7 @@ class FunctionApp:
             return 202, [], b""
         self._pool.submit(call)
         if call.dispatched_at is None and not call.future.done():
-            await self._wait_in_queue(call, receive)
+            await self._wait_in_queue(call, scope)
         return self._finish(call, await call.future, raw=integration == "raw")
 
     def _event(self, scope: dict[str, Any], body: bytes, request_id: str,
@@ -88,14 +90,14 @@ class FunctionApp:
             scope["method"], scope["query_string"], scope["headers"], body, scope.get("client"),
             request_id, str(uuid.uuid4()), time.time())
 
-    async def _wait_in_queue(self, call: Call, receive: Any) -> None:
+    async def _wait_in_queue(self, call: Call, scope: dict[str, Any]) -> None:
         """Wait for the queued call to end, withdrawing it if the client disconnects first."""
-        watch = self._loop.create_task(_disconnected(receive))
-        watch.add_done_callback(lambda _: self._pool.withdraw(call))
+        connection = scope[CONNECTION]
+        connection.on_disconnect = functools.partial(self._pool.withdraw, call)
         try:
             await call.future
         finally:
-            watch.cancel()
+            connection.on_disconnect = None
 
     def _finish(self, call: Call, outcome: Outcome,
                 raw: bool) -> tuple[int, responses.Headers, bytes]:
@@ -158,11 +160,6 @@ class FunctionApp:
 
 class _ClientGone(Exception):
     """The client disconnected before its request arrived whole."""
-
-
-async def _disconnected(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import time
 from collections import deque
 
 from supervisor import logs
@@ -73,6 +74,7 @@ class Pool:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._watchdog_timer: asyncio.TimerHandle | None = None
         self._watchdog_ticks = 0
+        self._queue_timer: asyncio.TimerHandle | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._recycling: Instance | None = None
         self._replacement: Instance | None = None
@@ -108,15 +110,16 @@ class Pool:
                       f"{len(self._waiting)} waiting (--max-queue {self._config.max_queue})")
             call.resolve(Outcome(Ending.REJECTED, detail=detail))
         else:
+            call.queued_at = time.perf_counter()
             self._waiting.append(call)
-            call.queue_timer = self._loop.call_later(self._config.timeout_s,
-                                                     self._queue_expired, call)
+            if self._queue_timer is None:
+                self._arm_queue_timer()
 
     def withdraw(self, call: Call) -> None:
         """The client went away: a call that is still waiting leaves the queue unrun."""
         if call.dispatched_at is None and call in self._waiting:
             self._waiting.remove(call)
-            self._unqueue(call, Outcome(Ending.CANCELLED))
+            call.resolve(Outcome(Ending.CANCELLED))
 
     @property
     def queue_length(self) -> int:
@@ -138,7 +141,8 @@ class Pool:
     def abort_calls(self) -> None:
         """Stopping: answer waiting calls with SHUTDOWN and retire every instance."""
         self._stopping = True
-        for timer in (self._retry_timer, self._watchdog_timer, self._sweep_timer):
+        for timer in (self._retry_timer, self._watchdog_timer, self._sweep_timer,
+                      self._queue_timer):
             if timer is not None:
                 timer.cancel()
         self._fail_waiting(Outcome(Ending.SHUTDOWN))
@@ -209,25 +213,29 @@ class Pool:
     def _pump(self) -> None:
         """Start waiting calls while there are idle instances and room to run them."""
         while self._waiting and self._idle and self._busy < self._config.instances:
+            self._dispatch(self._idle.pop(), self._waiting.popleft())
+
+    def _arm_queue_timer(self) -> None:
+        """One timer for the oldest waiting call: the queue is FIFO and every call waits at
+        most the same timeout, so no younger call can expire first."""
+        self._queue_timer = None
+        if self._waiting:
+            oldest = self._waiting[0].queued_at or 0.0
+            wait_s = oldest + self._config.timeout_s - time.perf_counter()
+            self._queue_timer = self._loop.call_later(max(0.0, wait_s), self._expire_waiting)
+
+    def _expire_waiting(self) -> None:
+        expired_before = time.perf_counter() - self._config.timeout_s
+        while self._waiting and (self._waiting[0].queued_at or 0.0) <= expired_before:
             call = self._waiting.popleft()
-            if call.queue_timer is not None:
-                call.queue_timer.cancel()
-            self._dispatch(self._idle.pop(), call)
-
-    def _queue_expired(self, call: Call) -> None:
-        self._waiting.remove(call)
-        detail = (f"no instance became free within the {self._config.timeout_s:g} s timeout "
-                  f"({self._busy} calls running, {len(self._waiting)} waiting)")
-        self._unqueue(call, Outcome(Ending.REJECTED, detail=detail))
-
-    def _unqueue(self, call: Call, outcome: Outcome) -> None:
-        if call.queue_timer is not None:
-            call.queue_timer.cancel()
-        call.resolve(outcome)
+            detail = (f"no instance became free within the {self._config.timeout_s:g} s timeout"
+                      f" ({self._busy} calls running, {len(self._waiting)} waiting)")
+            call.resolve(Outcome(Ending.REJECTED, detail=detail))
+        self._arm_queue_timer()
 
     def _fail_waiting(self, outcome: Outcome) -> None:
         while self._waiting:
-            self._unqueue(self._waiting.popleft(), outcome)
+            self._waiting.popleft().resolve(outcome)
 
     # -- upkeep ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import uvicorn
 
 from supervisor import limits, logs
 from supervisor.config import Config
-from supervisor.connections import read_deadline_protocol
+from supervisor.connections import guarded_protocol
 from supervisor.http import FunctionApp
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
@@ -53,7 +53,7 @@ async def _serve(config: Config) -> int:
     metrics = Metrics(config.function_name, pool)
     server = _Server(uvicorn.Config(
         FunctionApp(pool, metrics, config, log),
-        http=read_deadline_protocol(config.read_timeout_s),
+        http=guarded_protocol(config.read_timeout_s),
         ws="none",
         lifespan="off",
         loop="none",
