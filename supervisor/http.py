@@ -128,7 +128,8 @@ class FunctionApp:
         write, rid, instance = self._log.write, call.request_id, call.instance_id
         if call.dispatched_at is None or call.finished_at is None:
             if error_message is not None:  # it never reached an instance
-                write(logging.WARNING, logs.error_line(rid, status, error_message), None, rid)
+                level = logging.INFO if status == 499 else logging.WARNING
+                write(level, logs.error_line(rid, status, error_message), None, rid)
             return
         write(logging.INFO, logs.end_line(rid), instance, rid)
         if error_message is not None:

@@ -46,9 +46,12 @@ def render(outcome: Outcome, raw: bool) -> Response:
     if ending is Ending.REJECTED:
         return error(429, {"errorMessage": outcome.detail, "errorType": "TooManyRequests"},
                      function_error=False)
-    if ending in (Ending.SHUTDOWN, Ending.CANCELLED):
+    if ending is Ending.SHUTDOWN:
         return error(503, {"errorMessage": "the server is shutting down",
                            "errorType": "ServiceUnavailable"}, function_error=False)
+    if ending is Ending.CANCELLED:  # nobody reads this answer: it names the call in the log
+        return error(499, {"errorMessage": "the client disconnected while the call waited",
+                           "errorType": "ClientClosedRequest"}, function_error=False)
     return error(500, {"errorMessage": outcome.detail or "internal runtime error",
                        "errorType": "InternalError"}, function_error=False)
 

@@ -137,6 +137,9 @@ def test_client_leaving_while_queued_withdraws_its_call(
     ok_json(supervisor.call("sleep", mark="later"))
     assert marks.read_text().split() == ["running", "later"]
     assert scrape_metrics(supervisor).value(CALLS_TOTAL, outcome="cancelled") == 1
+    log = supervisor.log_text()
+    assert "Code: 499 Message: ClientClosedRequest" in log
+    assert "shutting down" not in log  # a client leaving is not the server stopping
 
 
 # -- request size ------------------------------------------------------------------------------
