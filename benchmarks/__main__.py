@@ -1,0 +1,5 @@
+"""`python -m benchmarks`: run the suite."""
+
+from benchmarks.cli import main
+
+main()

@@ -1,0 +1,207 @@
+"""The printed report: one table per scenario, the probes, the targets, what went wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.scenarios import LOAD_SCENARIOS
+
+TARGET_CONNECTIONS = 32
+SPARE_LABEL = "--spares 1"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole report as text."""
+    parts = [_header(results["meta"])]
+    parts += [_load_table(name, results["runs"]) for name in LOAD_SCENARIOS
+              if any(run["scenario"] == name for run in results["runs"])]
+    if results["coldstart"]:
+        parts.append(_coldstart_table(results["coldstart"]))
+    if results["recovery"]:
+        parts.append(_recovery_table(results["recovery"]))
+    if results["memory"].get("servers"):
+        parts.append(_memory_table(results["memory"]))
+    parts.append(_targets_table(results["targets"]))
+    parts += [_failures(results["failures"]), _log_findings(results["logs"])]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _header(meta: dict[str, Any]) -> str:
+    warmup = "64 warm-up calls" + (f" and {meta['warmup_s']:g} s of load" if meta["warmup_s"]
+                                   else "")
+    return (f"sfsupervisor benchmarks · {meta['date']} · {meta['cpus']} CPUs "
+            f"({meta['cpu_model']}) · Python {meta['python']} · {meta['wrk']}\n"
+            f"{meta['mode']}: {meta['rounds']} round(s) of {meta['duration_s']:g} s per server "
+            f"and connection count, servers taking turns, after {warmup}; "
+            f"pools of {meta['instances']}; wrk, 1 thread, keep-alive connections\n"
+            f"command: {meta['command']} (sfsupervisor at {meta['sfsupervisor_commit']})\n"
+            + "\n".join(f"  {peer['label']}: {peer['note']}" for peer in meta["peers"].values()))
+
+
+def _table(headings: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Columns padded to fit; the first `left` ones aligned left, the rest right."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows,
+                                                                         strict=True)]
+    lines = ["  ".join(str(cell).ljust(width) if index < left else str(cell).rjust(width)
+                       for index, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             for row in [headings, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _load_table(name: str, runs: list[dict[str, Any]]) -> str:
+    scenario = LOAD_SCENARIOS[name]
+    mine = [run for run in runs if run["scenario"] == name]
+    reference = {run["connections"]: run["rps"] for run in mine
+                 if run["server"] == "sfsupervisor"}
+    rows = []
+    for run in sorted(mine, key=lambda r: (r["connections"], -r["rps"])):
+        ours = reference.get(run["connections"])
+        ratio = f"{ours / run['rps']:.2f}" if ours and run["rps"] else "-"
+        rows.append([run["label"], str(run["connections"]), f"{run['rps']:,.0f}",
+                     _spread(run["rounds_rps"]), ratio,
+                     _ms(run["p50_ms"]), _ms(run["p90_ms"]), _ms(run["p99_ms"]),
+                     _ms(run["max_ms"]), _errors(run)])
+    title = (f"{name}: {scenario.description}  (rounds: spread of the rounds' req/s; "
+             "sfs/x: sfsupervisor's req/s over this row's)")
+    return title + "\n" + _table(
+        ["server", "conns", "req/s", "rounds", "sfs/x", "p50 ms", "p90 ms", "p99 ms", "max ms",
+         "errors (4xx/5xx + socket)"], rows)
+
+
+def _spread(rounds_rps: list[float]) -> str:
+    """How far the rounds' req/s strayed from their mean: ±half the range, in percent."""
+    mean = sum(rounds_rps) / len(rounds_rps)
+    if len(rounds_rps) < 2 or not mean:
+        return "-"
+    return f"±{(max(rounds_rps) - min(rounds_rps)) / 2 / mean:.0%}"
+
+
+def _errors(run: dict[str, Any]) -> str:
+    if not run["flagged"]:
+        return "0"
+    sockets = sum(run["socket_errors"].values())
+    return f"! {run['bad_status']} + {sockets} ({run['error_rate']:.2%})"
+
+
+def _coldstart_table(rows: list[dict[str, Any]]) -> str:
+    body = [[row["label"], _ms(row["first_response_ms"]), _ms(row["all_imported_ms"]),
+             str(row["importers"]), _ms(row["own_all_ready_ms"]), str(row["repeats"])]
+            for row in rows]
+    return ("coldstart: command start → first 200 / → every importing process done "
+            "(import ≈ 300 ms CPU; medians)\n" + _table(
+                ["server", "first 200 ms", "all imported ms", "importers",
+                 "own 'all ready' ms", "starts"], body))
+
+
+def _recovery_table(rows: list[dict[str, Any]]) -> str:
+    body = [[row["label"], _ms(row["after_crash_p50_ms"]), _ms(row["after_crash_max_ms"]),
+             _ms(row["baseline_p50_ms"]), str(row["after_crash_failed"]),
+             "/".join(map(str, row["crash_statuses"])), str(row["cycles"])]
+            for row in rows]
+    return ("recovery: one instance; a call crashes it, the next call is timed "
+            "(new connection each; status 0 = connection dropped)\n" + _table(
+                ["server", "after crash p50 ms", "max ms", "no crash p50 ms", "failed",
+                 "crash answer", "cycles"], body))
+
+
+def _memory_table(memory: dict[str, Any]) -> str:
+    bare = memory["bare"]
+    body = [[row["label"], str(row["workers"]), f"{row['worker_rss_mb']:.1f}",
+             f"{row['worker_uss_mb']:.1f}", f"{row['main']['rss_mb']:.1f}",
+             f"{row['main']['uss_mb']:.1f}", f"{row['total_uss_mb']:.1f}"]
+            for row in memory["servers"]]
+    body.append(["bare `python -c`", "-", f"{bare['rss_mb']:.1f}", f"{bare['uss_mb']:.1f}",
+                 "-", "-", "-"])
+    return ("memory: idle after 64 hello calls, MB (per worker: the mean; a single-process "
+            "server is its own worker)\n" + _table(
+                ["server", "workers", "worker RSS", "worker USS", "main RSS", "main USS",
+                 "total USS"], body))
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on this run's figures (met: None when not measured)."""
+    hello = {run["server"]: run for run in results["runs"]
+             if run["scenario"] == "hello" and run["connections"] == TARGET_CONNECTIONS}
+    ours = hello.get("sfsupervisor")
+    ff = [hello[key] for key in ("ff", "ff-asgi") if key in hello]
+    fastest_ff = max(ff, key=lambda run: run["rps"]) if ff else None
+    return [
+        _throughput_target("≥ 1.5x gunicorn sync req/s, lower p99", ours, hello.get("gunicorn"),
+                           1.5, p99_too=True),
+        _throughput_target("≥ 1.0x functions-framework's fastest mode", ours, fastest_ff, 1.0),
+        _throughput_target("≥ 0.6x uvicorn in-process", ours, hello.get("uvicorn"), 0.6),
+        _recovery_target(results["recovery"]),
+        _memory_target(results["memory"]),
+    ]
+
+
+def _throughput_target(text: str, ours: dict | None, peer: dict | None, factor: float,
+                       p99_too: bool = False) -> dict[str, Any]:
+    if not ours or not peer or not peer["rps"]:
+        return {"target": text, "measured": "not measured", "met": None}
+    ratio = ours["rps"] / peer["rps"]
+    measured = f"{ratio:.2f}x {peer['label']} ({ours['rps']:,.0f} vs {peer['rps']:,.0f} req/s)"
+    met = ratio >= factor
+    if p99_too:
+        measured += f"; p99 {ours['p99_ms']:.2f} vs {peer['p99_ms']:.2f} ms"
+        met = met and ours["p99_ms"] < peer["p99_ms"]
+    return {"target": text, "measured": measured, "met": met, "ratio": ratio}
+
+
+def _recovery_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    text = "first call after a crash ≤ 5 ms with a warm spare (median)"
+    spare = next((row for row in rows
+                  if row["server"] == "sfsupervisor" and SPARE_LABEL in row["label"]), None)
+    if spare is None or spare["after_crash_p50_ms"] is None:
+        return {"target": text, "measured": "not measured (see failures)", "met": None}
+    value = spare["after_crash_p50_ms"]
+    return {"target": text, "met": value <= 5.0, "value_ms": value,
+            "measured": f"{value:.2f} ms median, {spare['after_crash_max_ms']:.2f} ms max"}
+
+
+def _memory_target(memory: dict[str, Any]) -> dict[str, Any]:
+    text = "idle instance RSS ≤ bare interpreter + 8 MB"
+    ours = next((row for row in memory.get("servers", []) if row["server"] == "sfsupervisor"),
+                None)
+    if ours is None or "bare" not in memory:
+        return {"target": text, "measured": "not measured", "met": None}
+    extra = ours["worker_rss_mb"] - memory["bare"]["rss_mb"]
+    return {"target": text, "met": extra <= 8.0, "extra_mb": extra,
+            "measured": f"{ours['worker_rss_mb']:.1f} MB vs {memory['bare']['rss_mb']:.1f} MB "
+                        f"bare: +{extra:.1f} MB"}
+
+
+def _targets_table(rows: list[dict[str, Any]]) -> str:
+    verdicts = {True: "met", False: "MISSED", None: "n/a"}
+    body = [[verdicts[row["met"]], row["target"], row["measured"]] for row in rows]
+    return f"targets (hello, {TARGET_CONNECTIONS} connections)\n" + _table(
+        ["verdict", "target", "measured"], body, left=3)
+
+
+def _failures(failures: list[dict[str, Any]]) -> str:
+    if not failures:
+        return ""
+    lines = ["failures:"]
+    for failure in failures:
+        kind = "not available" if failure["unavailable"] else "FAILED"
+        lines.append(f"  {failure['scenario']} · {failure['label']}: {kind}: {failure['error']}")
+    return "\n".join(lines)
+
+
+def _log_findings(findings: list[dict[str, Any]]) -> str:
+    if not findings:
+        return ""
+    lines = ["server logs with warnings, errors or tracebacks (first lines in the JSON):"]
+    for finding in findings:
+        counts = ", ".join(f"{count} {kind}" for kind, count in finding["counts"].items()
+                           if count)
+        lines.append(f"  {finding['scenario']} · {finding['server']}: {counts or 'none'}; "
+                     f"exit code {finding['exit_code']}")
+    return "\n".join(lines)
