@@ -28,7 +28,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     on_disconnect: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm_read_timer()
 
     def on_message_begin(self) -> None:
@@ -62,6 +62,37 @@ class _GuardedProtocol(HttpToolsProtocol):
             self.logger.info("closing a connection whose request did not arrive within %g s",
                              self.read_timeout_s)
             self.transport.close()
+
+
+class _CoalescingTransport:
+    """The connection's transport, with the writes of one loop iteration sent as one.
+
+    uvicorn writes a response's head and its body separately: two system calls, and two
+    wake-ups of the client, where one does.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            if not self._transport.is_closing():
+                self._transport.writelines(pending)  # one gathered write, no copy of the body
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
 
 
 def guarded_protocol(read_timeout_s: float) -> type[HttpToolsProtocol]:

@@ -16,6 +16,7 @@ import enum
 import fcntl
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -85,6 +86,7 @@ class Instance:
         self._unsent = bytearray()
         self._unpacker = protocol.unpacker(protocol.frame_cap(config.max_response_bytes))
         self._outputs: list[logs.OutputCapture] = []
+        self._output_poll = select.poll()
         self._exited = False
         self._started_at = 0.0
 
@@ -203,6 +205,10 @@ class Instance:
             logs.OutputCapture(stdout_r, "stdout", self, self._log, self._loop),
             logs.OutputCapture(stderr_r, "stderr", self, self._log, self._loop),
         ]
+        # Most calls print nothing: one poll tells which output, if any, needs draining.
+        self._output_poll = select.poll()
+        for fd in (stdout_r, stderr_r):
+            self._output_poll.register(fd, select.POLLIN)
         self._loop.add_reader(from_worker_r, self._on_frames_readable)
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
@@ -323,8 +329,9 @@ class Instance:
         """End the current call: its output is logged first, then its outcome is handed over."""
         call = self._call
         assert call is not None
+        readable = {fd for fd, _ in self._output_poll.poll(0)}
         for output in self._outputs:
-            output.drain()
+            output.end_call(drain=output.fd in readable)
         call.finished_at = time.perf_counter()
         call.peak_kb = peak_kb
         self._call = None

@@ -155,6 +155,17 @@ class OutputCapture:
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read_once)
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def end_call(self, drain: bool) -> None:
+        """The call ended: log its output, reading what is left in the pipe if `drain`."""
+        if drain:
+            self.drain()
+        else:
+            self._emit_partial()
+
     def drain(self) -> None:
         """Log what the worker has written so far, the unfinished last line included."""
         budget = MAX_DRAIN_BYTES

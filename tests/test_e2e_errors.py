@@ -31,10 +31,14 @@ SLOW_CALL_S = 1.5
 
 @pytest.fixture(scope="module")
 def fragile(launch_module_supervisor: Launch) -> Supervisor:
-    """router.handler on one instance with a 2 s timeout, for timeouts and crashes."""
+    """router.handler on one instance with a 2 s timeout, for timeouts and crashes.
+
+    No spare: with one process, the instance that served the last call is the one a crash
+    kills (a spare that turned ready in between could otherwise serve the crashing call).
+    """
     return launch_module_supervisor(
-        "router.handler", "--instances", "1", "--timeout", str(FRAGILE_TIMEOUT_S),
-        "--log-format", "json",
+        "router.handler", "--instances", "1", "--spares", "0",
+        "--timeout", str(FRAGILE_TIMEOUT_S), "--log-format", "json",
     )
 
 
