@@ -21,6 +21,7 @@ def render(results: dict[str, Any]) -> str:
         parts.append(_recovery_table(results["recovery"]))
     if results["memory"].get("servers"):
         parts.append(_memory_table(results["memory"]))
+    parts += [_overload_table(row) for row in results["overload"]]
     parts.append(_targets_table(results["targets"]))
     parts += [_failures(results["failures"]), _log_findings(results["logs"])]
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -123,6 +124,32 @@ def _memory_table(memory: dict[str, Any]) -> str:
             "server is its own worker)\n" + _table(
                 ["server", "workers", "worker RSS", "worker USS", "main RSS", "main USS",
                  "total USS"], body))
+
+
+def _overload_table(row: dict[str, Any]) -> str:
+    """One row per status received, and always one for calls with no answer (status 0)."""
+    counts, latency = row["counts"], row["latency_ms"]
+    statuses = sorted({*counts, "0"}, key=lambda status: (status == "0", int(status)))
+    body = [[_status_name(status), f"{counts.get(status, 0):,}",
+             f"{row['ok_per_s']:.1f}" if status == "200" else "-",
+             *(_ms(latency[status][key]) if status in latency else "-"
+               for key in ("p50", "p99", "max"))]
+            for status in statuses]
+    rss, metrics = row["rss_mb"], row["metrics_calls"]
+    return (f"overload: {row['label']}, sleep.handler (50 ms): capacity "
+            f"{row['capacity_per_s']:g} calls/s; {row['requests']:,} calls launched at "
+            f"{row['offered_per_s']:g}/s for {row['duration_s']:g} s, open loop, a new "
+            f"connection each, {row['call_timeout_s']:g} s deadline (sfsupervisor only: the "
+            "other servers have no admission control)\n"
+            + _table(["answer", "calls", "per s", "p50 ms", "p99 ms", "max ms"], body)
+            + f"\nsupervisor RSS {rss['start']:.1f} MB at start, {rss['max']:.1f} max, "
+            f"{rss['end']:.1f} at end ({len(rss['samples'])} samples); /metrics "
+            f"sfsupervisor_calls_total during the load: ok {metrics['ok']:g}, "
+            f"rejected {metrics['rejected']:g}")
+
+
+def _status_name(status: str) -> str:
+    return "no answer" if status == "0" else status
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

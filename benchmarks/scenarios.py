@@ -53,5 +53,5 @@ LOAD_SCENARIOS = {
 COLDSTART_ENTRY = "slow_import.handler"
 RECOVERY_ENTRY = "crash.handler"
 MEMORY_ENTRY = "hello.handler"
-OTHER_SCENARIOS = ("coldstart", "recovery", "memory")
+OTHER_SCENARIOS = ("coldstart", "recovery", "memory", "overload")
 SCENARIO_NAMES = (*LOAD_SCENARIOS, *OTHER_SCENARIOS)

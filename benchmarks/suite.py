@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import client, loadgen, probes
+from benchmarks import client, loadgen, overload, probes
 from benchmarks.progress import Progress
 from benchmarks.scenarios import (
     COLDSTART_ENTRY,
@@ -31,6 +31,8 @@ SPARE_VARIANTS = (("--spares 0", ("--spares", "0")), ("--spares 1", ("--spares",
 RECOVERY_PEERS = ("gunicorn", "ff", "ff-asgi")
 COLDSTART_PEERS = ("uvicorn", "gunicorn", "ff", "ff-asgi", "sfsupervisor")
 MEMORY_PEERS = COLDSTART_PEERS
+# The other servers have no admission control: under overload they queue without bound.
+OVERLOAD_PEERS = ("sfsupervisor",)
 SETTLE_PROBES = 3
 SETTLE_TIMEOUT_S = 60.0
 SETTLE_PAUSE_S = 0.05
@@ -51,6 +53,7 @@ class Settings:
     warmup_s: float
     coldstart_repeats: int
     recovery_cycles: int
+    overload_s: float
     quick: bool
 
 
@@ -60,8 +63,8 @@ class Suite:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.results: dict[str, Any] = {
-            "runs": [], "coldstart": [], "recovery": [], "memory": {}, "failures": [],
-            "logs": [],
+            "runs": [], "coldstart": [], "recovery": [], "memory": {}, "overload": [],
+            "failures": [], "logs": [],
         }
         self._work = Path(tempfile.mkdtemp(prefix="sfs-bench-"))
         self._progress = Progress(self._count_steps())
@@ -107,6 +110,8 @@ class Suite:
                 steps += len(self._recovery_targets())
             elif name == "memory":
                 steps += len(self._peers(MEMORY_PEERS)) + 1
+            elif name == "overload":
+                steps += len(self._peers(OVERLOAD_PEERS))
         return steps
 
     def _peers(self, keys: tuple[str, ...]) -> list[Peer]:
@@ -275,6 +280,20 @@ class Suite:
                                     **probes.idle_memory(server)})
             except _FAILURES as exc:
                 self._fail("memory", peer, title, exc)
+
+    def _overload(self) -> None:
+        for peer in self._peers(OVERLOAD_PEERS):
+            title = f"{peer.title(overload.INSTANCES)} {' '.join(overload.OPTIONS)}"
+            self._progress.begin(f"overload · {title} · {overload.RATE_PER_S:g} calls/s "
+                                 f"for {self.settings.overload_s:g} s")
+            try:
+                with self._server("overload", peer, overload.ENTRY, overload.INSTANCES,
+                                  overload.OPTIONS) as server:
+                    figures = overload.run(server, self.settings.overload_s)
+            except _FAILURES as exc:
+                self._fail("overload", peer, title, exc)
+                continue
+            self.results["overload"].append({"server": peer.key, "label": title, **figures})
 
 
 @dataclass(frozen=True)
