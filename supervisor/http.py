@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from random import getrandbits
@@ -121,8 +120,9 @@ class FunctionApp:
     def _refuse(self, status: int, message: str,
                 error_type: str) -> tuple[int, responses.Headers, bytes]:
         self._metrics.count_refusal()
-        body = json.dumps({"errorMessage": message, "errorType": error_type}).encode()
-        return status, [responses.JSON], body
+        _, headers, body, _ = responses.error(
+            status, {"errorMessage": message, "errorType": error_type}, function_error=False)
+        return status, headers, body
 
     def _log_end(self, call: Call, status: int, error_message: str | None) -> None:
         write, rid, instance = self._log.write, call.request_id, call.instance_id

@@ -206,7 +206,6 @@ class Instance:
             logs.OutputCapture(stderr_r, "stderr", self, self._log, self._loop),
         ]
         # Most calls print nothing: one poll tells which output, if any, needs draining.
-        self._output_poll = select.poll()
         for fd in (stdout_r, stderr_r):
             self._output_poll.register(fd, select.POLLIN)
         self._loop.add_reader(from_worker_r, self._on_frames_readable)
@@ -341,7 +340,8 @@ class Instance:
 
     def _on_deadline(self) -> None:
         self._timer = None
-        peak_kb = _resident_kb(self.pid)
+        # Read before the kill: a cgroup's peak, or the sampled tree's, beats the worker's own.
+        peak_kb = self.memory.call_peak_kb(_resident_kb(self.pid))
         self.kill("timeout")
         self._finish(Outcome(Ending.TIMEOUT), peak_kb)
         self._pool.instance_lost(self, None)
