@@ -2,7 +2,8 @@
 
 Everything goes to stderr, one line per record, as readable text or as JSON lines. Records are
 buffered and written once per event-loop iteration, so the per-call lines (START, END, REPORT)
-and the function's output cost a list append on the hot path, not a system call each.
+and the function's output cost a list append on the hot path, not a system call each. The
+writing itself never blocks and never fails the caller (see logsink.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-from typing import IO, Protocol
+from typing import Protocol
+
+from supervisor.logsink import LogSink
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -32,11 +34,11 @@ class Log:
     """Formats records and writes them to a stream, in batches while an event loop runs."""
 
     def __init__(self, log_format: str, level: str, function: str,
-                 stream: IO[bytes] | None = None) -> None:
+                 sink: LogSink | None = None) -> None:
         self.level = LEVELS[level]
         self._json = log_format == "json"
         self._function = function
-        self._stream = stream if stream is not None else sys.stderr.buffer
+        self._sink = sink if sink is not None else LogSink()
         self._pending: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
@@ -47,6 +49,17 @@ class Log:
         """Batch writes on this loop; with None, write every record at once."""
         self.flush()
         self._loop = loop
+        self._sink.attach(loop)
+
+    def close(self, timeout_s: float) -> None:
+        """Detach from the loop and give buffered records up to `timeout_s` to go out."""
+        self.attach(None)
+        self._sink.drain(timeout_s)
+
+    @property
+    def dropped_lines(self) -> int:
+        """Records lost because the destination did not take them in time, or failed."""
+        return self._sink.dropped_lines
 
     def write(self, level: int, message: str, instance: int | None = None,
               request_id: str | None = None, stream: str | None = None) -> None:
@@ -81,12 +94,9 @@ class Log:
         if not self._pending:
             return
         data = "".join(self._pending).encode("utf-8", "replace")
+        lines = len(self._pending)
         self._pending.clear()
-        try:
-            self._stream.write(data)
-            self._stream.flush()
-        except (BrokenPipeError, ValueError):
-            pass
+        self._sink.write(data, lines)
 
     def _timestamp(self) -> str:
         now = time.time()

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from supervisor.calls import Call, Ending
 from supervisor.instance import State
+from supervisor.logs import Log
 from supervisor.pool import Pool
 
 # How a call ended, as the metrics name it.
@@ -46,7 +47,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, function: str, pool: Pool) -> None:
+    def __init__(self, function: str, pool: Pool, log: Log) -> None:
         disable_created_metrics()  # a *_created series per counter is noise for a scrape
         self.registry = CollectorRegistry(auto_describe=True)
         calls = Counter("sfsupervisor_calls", "Calls by how they ended.",
@@ -61,7 +62,7 @@ class Metrics:
             "sfsupervisor_queue_wait_seconds", "Time calls waited for a free instance.",
             ["function"], buckets=_WAIT_BUCKETS_S, registry=self.registry,
         ).labels(function)
-        self.registry.register(_PoolCollector(function, pool))
+        self.registry.register(_PoolCollector(function, pool, log))
 
     def call_ended(self, call: Call, outcome: str) -> None:
         """Count a call by outcome; time it if it reached an instance."""
@@ -82,9 +83,10 @@ class Metrics:
 class _PoolCollector:
     """Reads the pool's state when Prometheus scrapes, so the hot path updates nothing."""
 
-    def __init__(self, function: str, pool: Pool) -> None:
+    def __init__(self, function: str, pool: Pool, log: Log) -> None:
         self._function = function
         self._pool = pool
+        self._log = log
 
     def collect(self) -> Iterator[Metric]:
         function = self._function
@@ -115,3 +117,9 @@ class _PoolCollector:
             if instance.state in (State.STARTING, State.IDLE, State.BUSY):
                 memory.add_metric([function, str(instance.id)], instance.memory.current_bytes())
         yield memory
+
+        dropped = CounterMetricFamily("sfsupervisor_log_dropped_lines",
+                                      "Log lines lost: the log destination did not take them in "
+                                      "time, or failed.", labels=["function"])
+        dropped.add_metric([function], self._log.dropped_lines)
+        yield dropped
