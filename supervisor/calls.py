@@ -42,10 +42,12 @@ class Call:
 
     __slots__ = (
         "arrived_at",
+        "background",
         "dispatched_at",
         "event",
         "finished_at",
         "future",
+        "held_bytes",
         "init_duration_s",
         "instance_id",
         "peak_kb",
@@ -54,11 +56,16 @@ class Call:
     )
 
     def __init__(self, request_id: str, event: Any, arrived_at: float,
-                 future: asyncio.Future[Outcome]) -> None:
+                 future: asyncio.Future[Outcome], held_bytes: int = 0,
+                 background: bool = False) -> None:
         self.request_id = request_id
         self.event = event
         self.arrived_at = arrived_at
         self.future = future
+        # Memory the waiting call holds in the supervisor (its request body, in its forms).
+        self.held_bytes = held_bytes
+        # Nobody waits for its answer (?integration=async): once accepted, it must run.
+        self.background = background
         self.dispatched_at: float | None = None
         self.finished_at: float | None = None
         self.init_duration_s: float | None = None

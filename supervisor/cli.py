@@ -41,6 +41,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     _check_range("--max-calls", args.max_calls, 0, 2**31)
     _check_range("--address-space-mb", args.address_space_mb, 0, 2**31)
     _check_range("--max-queue", args.max_queue, 0, 1_000_000)
+    _check_range("--max-queue-mb", args.max_queue_mb, 0.001, 1024 * 1024)
+    _check_range("--unhealthy-after", args.unhealthy_after, 0.001, 86400)
     _check_range("--graceful-timeout", args.graceful_timeout, 0, 86400)
     _check_range("--read-timeout", args.read_timeout, 0.001, 86400)
     _check_range("--max-request-mb", args.max_request_mb, 0.001, 1024)
@@ -60,6 +62,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
         spares=args.spares,
         max_calls=args.max_calls,
         max_queue=args.max_queue,
+        max_queue_bytes=int(args.max_queue_mb * MB),
+        unhealthy_after_s=args.unhealthy_after,
         graceful_timeout_s=args.graceful_timeout,
         read_timeout_s=args.read_timeout,
         max_request_bytes=int(args.max_request_mb * MB),
@@ -106,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
            "(less up to a tenth, at random); 0 = never")
     option("--max-queue", int, 256, "calls that may wait for a free instance; beyond that a "
            "call gets 429 at once, and so does one that waits longer than --timeout")
+    option("--max-queue-mb", float, 64.0, "memory the request bodies of waiting calls may "
+           "hold in MB; a call that would pass it gets 429 at once")
+    option("--unhealthy-after", float, 30.0, "/healthz answers 503 once no worker could be "
+           "started for this many seconds and none is left, so that an orchestrator restarts "
+           "the server")
     option("--graceful-timeout", float, 30.0, "on SIGTERM/SIGINT, how long calls in flight and "
            "waiting may take to finish before they are answered 503 and workers are stopped")
     option("--read-timeout", float, 10.0, "a request must arrive whole within this many "

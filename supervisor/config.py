@@ -35,6 +35,8 @@ class Config:
     max_response_bytes: int = PLATFORM_BODY_LIMIT_BYTES
     spares: int = 1
     max_queue: int = 256
+    max_queue_bytes: int = 64 * MB
+    unhealthy_after_s: float = 30.0
     graceful_timeout_s: float = 30.0
     read_timeout_s: float = 10.0
     max_calls: int = 0

@@ -37,7 +37,6 @@ class FunctionApp:
         self._config = config
         self._log = log
         self._loop = asyncio.get_running_loop()
-        self._background: set[asyncio.Task[None]] = set()
         self._reserved = {
             "/healthz": self._live,
             "/readyz": self._ready,
@@ -71,11 +70,12 @@ class FunctionApp:
         if integration is not None and integration not in _INTEGRATIONS:
             return self._refuse(400, f"unknown integration {integration!r}: use raw or async",
                                 "BadRequest")
-        call = Call(request_id, self._event(scope, body, request_id, integration),
-                    time.perf_counter(), self._loop.create_future())
-        if integration == "async":
-            self._run_in_background(call)
-            return 202, [], b""
+        event = self._event(scope, body, request_id, integration)
+        call = Call(request_id, event, time.perf_counter(), self._loop.create_future(),
+                    held_bytes=len(body) + len(event["body"] if integration is None else event),
+                    background=integration == "async")
+        if call.background:
+            return self._run_in_background(call)
         self._pool.submit(call)
         if call.dispatched_at is None and not call.future.done():
             await self._wait_in_queue(call, scope)
@@ -107,15 +107,13 @@ class FunctionApp:
             return 0, [], b""
         return status, headers, body
 
-    def _run_in_background(self, call: Call) -> None:
-        async def run() -> None:
-            self._pool.submit(call)
-            self._finish(call, await call.future, raw=True)
-
-        # The loop keeps only weak references to tasks: hold them until they finish.
-        task = self._loop.create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _run_in_background(self, call: Call) -> tuple[int, responses.Headers, bytes]:
+        """202 once the call is admitted; a call refused at once is answered as refused."""
+        self._pool.submit(call)
+        if call.future.done():
+            return self._finish(call, call.future.result(), raw=True)
+        call.future.add_done_callback(lambda done: self._finish(call, done.result(), raw=True))
+        return 202, [], b""
 
     def _refuse(self, status: int, message: str,
                 error_type: str) -> tuple[int, responses.Headers, bytes]:
@@ -144,7 +142,10 @@ class FunctionApp:
     # -- the supervisor's own paths ----------------------------------------------------------------
 
     def _live(self) -> tuple[int, responses.Headers, bytes]:
-        return 200, [_TEXT], b"ok\n"
+        if self._pool.is_live():
+            return 200, [_TEXT], b"ok\n"
+        return 503, [_TEXT], (f"unhealthy: no worker could be started for "
+                              f"{self._config.unhealthy_after_s:g} s\n").encode()
 
     def _ready(self) -> tuple[int, responses.Headers, bytes]:
         if self._pool.is_ready():

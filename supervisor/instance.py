@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
-from supervisor.limits import MB, ChildrenMap, InstanceMemory
+from supervisor.limits import MB, ChildrenMap, InstanceMemory, MemoryEnforcement
 from worker import protocol
 
 _READ_BYTES = 64 * 1024
@@ -48,7 +48,9 @@ class State(enum.Enum):
 class PoolHooks(Protocol):
     """What an instance reports to the pool that owns it."""
 
+    def instance_started(self, instance: Instance) -> None: ...
     def instance_ready(self, instance: Instance) -> None: ...
+    def replace(self, instance: Instance, reason: str) -> None: ...
     def call_finished(self, instance: Instance) -> None: ...
     def instance_idle(self, instance: Instance) -> None: ...
     def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None: ...
@@ -59,12 +61,15 @@ class Instance:
     """A worker process that serves one call at a time."""
 
     def __init__(self, ident: int, config: Config, environment: dict[str, str],
-                 memory: InstanceMemory, log: logs.Log, pool: PoolHooks,
+                 enforcement: MemoryEnforcement, log: logs.Log, pool: PoolHooks,
                  call_limit: int | None = None) -> None:
         self.id = ident
-        self.memory = memory
+        # The instance's own accounting (a cgroup, say) is made when its worker starts.
+        self.memory = InstanceMemory(enforcement.limit_bytes)
         self.call_limit = call_limit
         self.state = State.STARTING
+        # Why the pool wants it replaced ("recycle", "reload", ...), or None: it is fresh.
+        self.stale: str | None = None
         self.pid = 0
         self.request_id: str | None = None
         self.init_duration_s: float | None = None
@@ -73,6 +78,7 @@ class Instance:
         self.end_reason: str | None = None
         self._config = config
         self._environment = environment
+        self._enforcement = enforcement
         self._log = log
         self._pool = pool
         self._loop = asyncio.get_running_loop()
@@ -93,10 +99,16 @@ class Instance:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def spawn(self) -> None:
-        """Start the worker process and send it the entry point; READY comes later."""
+        """Start the worker process and send it the entry point; READY comes later.
+
+        Whatever stops the start (no descriptors, no memory, the code root gone, a cgroup that
+        cannot be made) is a failed boot: the pool retries with its backoff.
+        """
         try:
+            self.memory = self._enforcement.for_instance(self.id)
             self._start_process()
-        except OSError as exc:
+        except Exception as exc:
+            self.memory.release()
             self._log.error(f"instance {self.id} could not start a worker: {exc}", self.id)
             self.state = State.DEAD
             self.end_reason = "spawn_failure"
@@ -105,6 +117,7 @@ class Instance:
             self._pool.instance_reaped(self)
             return
         self._log.debug(f"instance {self.id} started (pid {self.pid})", self.id)
+        self._pool.instance_started(self)
         self._send([protocol.INIT, protocol.VERSION, self._config.entrypoint,
                     self._config.static_context(),
                     self._config.worker_limits(self.memory.needs_worker_peak)])
@@ -169,32 +182,40 @@ class Instance:
     # -- process plumbing --------------------------------------------------------------------
 
     def _start_process(self) -> None:
-        to_worker_r, to_worker_w = os.pipe()
-        from_worker_r, from_worker_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        child_ends = (to_worker_r, from_worker_w, stdout_w, stderr_w)
+        opened: list[int] = []  # every descriptor made here, closed again if the start fails
+        try:
+            self._start_worker(opened)
+        except BaseException:
+            if self._process is not None and self._process.returncode is None:
+                self._process.kill()
+                self._process.wait()
+            for fd in opened:
+                _close_quietly(fd)
+            raise
+
+    def _start_worker(self, opened: list[int]) -> None:
+        to_worker_r, to_worker_w = _pipe(opened)
+        from_worker_r, from_worker_w = _pipe(opened)
+        stdout_r, stdout_w = _pipe(opened)
+        stderr_r, stderr_w = _pipe(opened)
         argv = [sys.executable, "-P", "-m", "worker",
                 str(to_worker_r), str(from_worker_w), str(os.getpid())]
-        try:
-            self._process = subprocess.Popen(
-                self.memory.command(argv),
-                cwd=self._config.code_root,
-                env=self._environment,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout_w,
-                stderr=stderr_w,
-                pass_fds=(to_worker_r, from_worker_w),
-                start_new_session=True,
-            )
-        except OSError:
-            for fd in (to_worker_w, from_worker_r, stdout_r, stderr_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in child_ends:
-                os.close(fd)
+        self._process = subprocess.Popen(
+            self.memory.command(argv),
+            cwd=self._config.code_root,
+            env=self._environment,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout_w,
+            stderr=stderr_w,
+            pass_fds=(to_worker_r, from_worker_w),
+            start_new_session=True,
+        )
+        for fd in (to_worker_r, from_worker_w, stdout_w, stderr_w):
+            opened.remove(fd)
+            os.close(fd)
         self.pid = self._process.pid
+        self._pidfd = os.pidfd_open(self.pid)
+        opened.append(self._pidfd)
         self.memory.started(self.pid)
         self._started_at = self._loop.time()
         self._to_worker, self._from_worker = to_worker_w, from_worker_r
@@ -209,10 +230,10 @@ class Instance:
         for fd in (stdout_r, stderr_r):
             self._output_poll.register(fd, select.POLLIN)
         self._loop.add_reader(from_worker_r, self._on_frames_readable)
-        self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
         if self.memory.oom_events_fd >= 0:
             self._loop.add_reader(self.memory.oom_events_fd, self._on_oom_kill)
+        opened.clear()  # from here on the instance owns them
 
     def _kill_tree(self) -> None:
         if self._process is None or self._process.returncode is not None:
@@ -299,11 +320,24 @@ class Instance:
                 self._ready(init_ms / 1000)
             case [protocol.INIT_ERROR, dict(error)] if self.state is State.STARTING:
                 self._boot_failed(Outcome(Ending.INIT_ERROR, _clean_error(error)))
+            case [protocol.RESULT | protocol.FAILURE | protocol.UNSERIALIZABLE, int(seq), *_] \
+                    if seq <= self._call_seq:
+                self._stray_reply(seq)
             case _:
                 self._protocol_violation(f"unexpected frame {_describe(frame)}")
 
     def _is_current(self, seq: int) -> bool:
         return self.state is State.BUSY and seq == self._call_seq
+
+    def _stray_reply(self, seq: int) -> None:
+        """A second reply to a finished call: most likely a child the function forked, which
+        returned into the runtime's loop. The current call is not to blame, so it goes on; the
+        instance, no longer to be trusted, is replaced once a fresh one is ready."""
+        if self.stale == "stray_reply":
+            return
+        self._log.warning(f"instance {self.id} answered call {seq} again (a forked child of the "
+                          "function?); replacing it", self.id)
+        self._pool.replace(self, "stray_reply")
 
     # -- events --------------------------------------------------------------------------------
 
@@ -444,6 +478,19 @@ class Instance:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    opened.extend((read_end, write_end))
+    return read_end, write_end
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _grow_pipe(fd: int) -> None:

@@ -40,7 +40,11 @@ def children_map() -> ChildrenMap:
     reading each process's parent; callers share one map rather than scanning per instance.
     """
     children: ChildrenMap = {}
-    for entry in os.listdir("/proc"):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return children  # out of descriptors, say: the callers try again later
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
@@ -195,7 +199,16 @@ class CgroupMemory(InstanceMemory):
         super().__init__(limit_bytes)
         self.path = path
         self._layout = layout
+        self._peak_fd = self._oom_control_fd = -1
         path.mkdir()
+        try:
+            self._set_up(limit_bytes)
+        except BaseException:
+            self.release()  # a failed start must leak neither descriptors nor the directory
+            raise
+
+    def _set_up(self, limit_bytes: int) -> None:
+        path, layout = self.path, self._layout
         (path / layout.limit_file).write_text(str(limit_bytes))
         if layout.version == 2:
             _write_if_present(path / "memory.swap.max", "0")
@@ -203,7 +216,6 @@ class CgroupMemory(InstanceMemory):
         self._oom_kills_at_start = self._oom_kills()
         # memory.peak (v2) resets per open file: keep one open for the instance's lifetime.
         self._peak_fd = os.open(path / layout.peak_file, os.O_RDWR | os.O_CLOEXEC)
-        self._oom_control_fd = -1
         if layout.version == 1:
             self._watch_oom_kills()
 
@@ -317,6 +329,10 @@ class MemoryEnforcement:
         memory = CgroupMemory(self.limit_bytes, self._parent / f"i{instance_id}", self._layout)
         self._cgroups.append(memory)
         return memory
+
+    def cgroup_directories(self) -> list[Path]:
+        """The directories holding this supervisor's instance cgroups (none for the watchdog)."""
+        return [self._parent] if self._parent is not None else []
 
     def remove_released(self) -> None:
         """Remove the cgroups of reaped instances whose last processes have died since."""
@@ -447,14 +463,16 @@ class OrphanReaper:
     cgroup is such an orphan; it is killed and reaped, so nothing a function started outlives it.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, own_children: set[int]) -> None:
         self._loop = loop
+        # Children that are the supervisor's own helpers, never orphans (the guard).
+        self._own_children = own_children
         self._reaping: set[int] = set()
 
     def sweep(self, children: ChildrenMap, keep: set[int]) -> None:
         """Kill (with its tree) and reap every child of ours whose pid is not in `keep`."""
         for pid in children.get(os.getpid(), ()):
-            if pid not in keep and pid not in self._reaping:
+            if pid not in keep and pid not in self._reaping and pid not in self._own_children:
                 self._kill_and_reap(pid, children)
 
     def _kill_and_reap(self, pid: int, children: ChildrenMap) -> None:

@@ -18,10 +18,19 @@ a memory kill finds a warm instance instead of waiting for a cold import. The id
 stack: the instance that finished last serves next, and spares stay spare.
 
 Limits: without a memory cgroup, a watchdog timer samples every live instance's process tree
-each millisecond while any is starting or busy. `max_calls` recycles an instance after that many
-calls (less a random tenth, so instances do not all restart together), one at a time, the
-replacement ready before the old one goes. Whatever a dead instance left behind is killed and
-reaped by the OrphanReaper.
+each millisecond while any is starting or busy. Whatever a dead instance left behind is killed
+and reaped by the OrphanReaper.
+
+Replacing: an instance marked stale (it served its `max_calls`, less a random tenth so that
+instances do not all restart together; it sent a stray frame; or a reload asked for fresh code)
+keeps serving until a fresh instance is ready, and retires once the ready instances outnumber
+the pool's size without it. So a reload or a recycle never leaves a call without an instance,
+and a reload whose new code fails to import leaves the old instances serving.
+
+Admission: a call that cannot start at once waits, unless --max-queue calls already wait or
+their request bodies already hold --max-queue-mb: then it gets 429 at once. A waiting call that
+outlives the timeout gets 429, except a background (`?integration=async`) call: its caller was
+promised that it runs.
 
 Booting: a new instance reports READY once the entry point has imported. When instances fail
 to boot (the import raises, the process dies, the import outlives the timeout), the pool keeps
@@ -40,7 +49,7 @@ from collections import deque
 
 from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
-from supervisor.config import Config
+from supervisor.config import MB, Config
 from supervisor.instance import Instance, State
 from supervisor.limits import MemoryEnforcement, OrphanReaper, children_map
 
@@ -56,9 +65,14 @@ _ACTIVE = (State.STARTING, State.BUSY)
 
 
 class Pool:
-    """Keeps the workers running and hands each call to a free one."""
+    """Keeps the workers running and hands each call to a free one.
 
-    def __init__(self, config: Config, memory: MemoryEnforcement, log: logs.Log) -> None:
+    `helpers` are the pids of the supervisor's own helper processes (the guard): children of
+    ours that are never taken for orphans.
+    """
+
+    def __init__(self, config: Config, memory: MemoryEnforcement, log: logs.Log,
+                 helpers: frozenset[int] = frozenset()) -> None:
         self._config = config
         self._memory = memory
         self._log = log
@@ -67,6 +81,7 @@ class Pool:
         self._instances: dict[int, Instance] = {}
         self._idle: list[Instance] = []
         self._waiting: deque[Call] = deque()
+        self._waiting_bytes = 0
         self._busy = 0
         self._next_id = 1
         self._boot_failure: Outcome | None = None
@@ -76,9 +91,9 @@ class Pool:
         self._watchdog_ticks = 0
         self._queue_timer: asyncio.TimerHandle | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
-        self._recycling: Instance | None = None
-        self._replacement: Instance | None = None
-        self._reaper = OrphanReaper(self._loop)
+        # When workers last started failing to start at all (None: the last start worked).
+        self._starts_failing_since: float | None = None
+        self._reaper = OrphanReaper(self._loop, set(helpers))
         # Instances replaced, by end_reason (for metrics).
         self.restarts: collections.Counter[str] = collections.Counter()
         self._started_at = 0.0
@@ -105,20 +120,31 @@ class Pool:
             self._dispatch(self._idle.pop(), call)
         elif self._boot_failure is not None and not self._has_instance_to_wait_for():
             call.resolve(self._boot_failure)
-        elif len(self._waiting) >= self._config.max_queue:
-            detail = (f"too many calls in progress: {self._busy} running and "
-                      f"{len(self._waiting)} waiting (--max-queue {self._config.max_queue})")
-            call.resolve(Outcome(Ending.REJECTED, detail=detail))
+        elif (refusal := self._queue_full(call)) is not None:
+            call.resolve(Outcome(Ending.REJECTED, detail=refusal))
         else:
             call.queued_at = time.perf_counter()
             self._waiting.append(call)
+            self._waiting_bytes += call.held_bytes
             if self._queue_timer is None:
                 self._arm_queue_timer()
+
+    def _queue_full(self, call: Call) -> str | None:
+        """Why the call cannot wait (the queue is full), or None when it can."""
+        config = self._config
+        running = f"too many calls in progress: {self._busy} running and {len(self._waiting)}"
+        if len(self._waiting) >= config.max_queue:
+            return f"{running} waiting (--max-queue {config.max_queue})"
+        if self._waiting and self._waiting_bytes + call.held_bytes > config.max_queue_bytes:
+            return (f"{running} waiting, whose requests hold {self._waiting_bytes / MB:.1f} MB "
+                    f"(--max-queue-mb {config.max_queue_bytes / MB:g})")
+        return None
 
     def withdraw(self, call: Call) -> None:
         """The client went away: a call that is still waiting leaves the queue unrun."""
         if call.dispatched_at is None and call in self._waiting:
             self._waiting.remove(call)
+            self._waiting_bytes -= call.held_bytes
             call.resolve(Outcome(Ending.CANCELLED))
 
     @property
@@ -131,12 +157,38 @@ class Pool:
         return self._boot_failure
 
     def is_ready(self) -> bool:
-        """Whether a call could run now or soon: an instance is initialized, none is failing."""
-        return not self.draining and self._boot_failure is None and any(
+        """Whether a call could run now: an instance is initialized and we are not stopping."""
+        return not self.draining and any(
             i.state in (State.IDLE, State.BUSY) for i in self._instances.values())
+
+    def is_live(self) -> bool:
+        """False once no worker could be started for unhealthy_after_s and none is left:
+        then only a restart of the supervisor can help (an orchestrator's liveness probe)."""
+        since = self._starts_failing_since
+        return (since is None or self._loop.time() - since < self._config.unhealthy_after_s
+                or self._has_instance_to_wait_for())
+
+    def reload(self, reason: str) -> None:
+        """Replace every instance with a fresh one that imports the code anew.
+
+        The old instances serve until the new ones are ready, so no call fails or waits longer;
+        if the new code does not import, the old instances go on serving.
+        """
+        stale = [i for i in self._instances.values() if i.state in _USABLE and not i.stale]
+        self._log.info(f"{reason}: replacing {len(stale)} instance(s) with fresh ones")
+        for instance in stale:
+            instance.stale = "reload"
+        self._fill()
 
     def instances(self) -> list[Instance]:
         return list(self._instances.values())
+
+    def describe(self) -> str:
+        """One line on the pool's state, for an operator's signal."""
+        states = collections.Counter(i.state.value for i in self._instances.values())
+        listed = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        return (f"instances: {listed or 'none'}; {self._busy} call(s) running, "
+                f"{len(self._waiting)} waiting ({self._waiting_bytes / MB:.1f} MB held)")
 
     def abort_calls(self) -> None:
         """Stopping: answer waiting calls with SHUTDOWN and retire every instance."""
@@ -161,12 +213,17 @@ class Pool:
 
     # -- hooks called by instances -------------------------------------------------------------
 
+    def instance_started(self, instance: Instance) -> None:
+        self._starts_failing_since = None
+
     def instance_ready(self, instance: Instance) -> None:
         self._boot_failure = None
         self._boot_failures = 0
         self._announce_if_all_ready()
-        if instance is self._replacement:
-            self._finish_recycling()
+        for stale in [i for i in self._idle if i.stale]:
+            if self._surplus() > 0:
+                self._idle.remove(stale)
+                self._retire_stale(stale)
         self._fill()
         self.instance_idle(instance)
 
@@ -174,23 +231,28 @@ class Pool:
         self._busy -= 1
 
     def instance_idle(self, instance: Instance) -> None:
-        if instance.call_limit is not None and instance.calls_served >= instance.call_limit:
-            if instance is self._recycling and self._replacement is None:
-                self._retire_recycled(instance)
-                self._recycling = None
-                self._fill()
-                return
-            if self._recycling is None:
-                self._start_recycling(instance)
+        if instance.call_limit is not None and instance.calls_served >= instance.call_limit \
+                and not instance.stale and not self._replacing():
+            self._log.info(f"instance {instance.id} served {instance.calls_served} calls; "
+                           "recycling it once its replacement is ready", instance.id)
+            self.replace(instance, "recycle")
+        if instance.stale and self._surplus() > 0:
+            self._retire_stale(instance)
+            return
         self._idle.append(instance)
         self._pump()
+
+    def replace(self, instance: Instance, reason: str) -> None:
+        """Mark the instance stale: it serves until a fresh one is ready, then retires."""
+        instance.stale = reason
+        self._fill()
 
     def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None:
         self.restarts[instance.end_reason or "unknown"] += 1
         if instance in self._idle:
             self._idle.remove(instance)
-        if instance is self._recycling or instance is self._replacement:
-            self._recycling = self._replacement = None  # the survivor serves on as usual
+        if instance.end_reason == "spawn_failure" and self._starts_failing_since is None:
+            self._starts_failing_since = self._loop.time()
         if boot_failure is not None:
             self._boot_failed(instance, boot_failure)
         self._fill()
@@ -213,29 +275,38 @@ class Pool:
     def _pump(self) -> None:
         """Start waiting calls while there are idle instances and room to run them."""
         while self._waiting and self._idle and self._busy < self._config.instances:
-            self._dispatch(self._idle.pop(), self._waiting.popleft())
+            call = self._waiting.popleft()
+            self._waiting_bytes -= call.held_bytes
+            self._dispatch(self._idle.pop(), call)
 
     def _arm_queue_timer(self) -> None:
-        """One timer for the oldest waiting call: the queue is FIFO and every call waits at
-        most the same timeout, so no younger call can expire first."""
+        """One timer for the oldest waiting call that can expire: the queue is FIFO and every
+        call waits at most the same timeout, so no younger call can expire first."""
         self._queue_timer = None
-        if self._waiting:
-            oldest = self._waiting[0].queued_at or 0.0
+        oldest = next((c.queued_at for c in self._waiting if not c.background), None)
+        if oldest is not None:
             wait_s = oldest + self._config.timeout_s - time.perf_counter()
             self._queue_timer = self._loop.call_later(max(0.0, wait_s), self._expire_waiting)
 
     def _expire_waiting(self) -> None:
         expired_before = time.perf_counter() - self._config.timeout_s
+        kept: list[Call] = []
         while self._waiting and (self._waiting[0].queued_at or 0.0) <= expired_before:
             call = self._waiting.popleft()
+            if call.background:
+                kept.append(call)
+                continue
+            self._waiting_bytes -= call.held_bytes
             detail = (f"no instance became free within the {self._config.timeout_s:g} s timeout"
                       f" ({self._busy} calls running, {len(self._waiting)} waiting)")
             call.resolve(Outcome(Ending.REJECTED, detail=detail))
+        self._waiting.extendleft(reversed(kept))
         self._arm_queue_timer()
 
     def _fail_waiting(self, outcome: Outcome) -> None:
         while self._waiting:
             self._waiting.popleft().resolve(outcome)
+        self._waiting_bytes = 0
 
     # -- upkeep ----------------------------------------------------------------------------------
 
@@ -244,9 +315,7 @@ class Pool:
         if self._stopping:
             return
         usable = [i for i in self._instances.values() if i.state in _USABLE]
-        missing = self._config.instances + self._config.spares - len(usable)
-        if self._recycling is not None:
-            missing += 1  # the instance being recycled is on its way out
+        missing = self._size() - sum(1 for i in usable if not i.stale)
         if self._boot_failure is not None:
             if self._retry_timer is not None or any(i.state is State.STARTING for i in usable):
                 return
@@ -254,37 +323,32 @@ class Pool:
         for _ in range(missing):
             self._spawn()
 
-    def _spawn(self) -> Instance:
+    def _spawn(self) -> None:
         ident = self._next_id
         self._next_id += 1
-        instance = Instance(ident, self._config, self._environment,
-                            self._memory.for_instance(ident), self._log, self,
-                            _call_limit(self._config.max_calls))
+        instance = Instance(ident, self._config, self._environment, self._memory, self._log,
+                            self, _call_limit(self._config.max_calls))
         self._instances[ident] = instance
         self._all_reaped.clear()
         instance.spawn()
         self._watch_memory()
-        return instance
 
-    def _start_recycling(self, instance: Instance) -> None:
-        self._log.info(f"instance {instance.id} served {instance.calls_served} calls; "
-                       "recycling it once its replacement is ready", instance.id)
-        self._recycling = instance
-        self._replacement = self._spawn()
+    def _size(self) -> int:
+        """How many initialized instances the pool keeps: the concurrency, plus the spares."""
+        return self._config.instances + self._config.spares
 
-    def _finish_recycling(self) -> None:
-        old, self._recycling, self._replacement = self._recycling, None, None
-        if old is None:
-            return
-        if old.state is State.IDLE:
-            self._idle.remove(old)
-            self._retire_recycled(old)
-        elif old.state is State.BUSY:
-            self._recycling = old  # retired when its call ends (see instance_idle)
+    def _surplus(self) -> int:
+        """Initialized instances beyond the pool's size: as many stale ones may retire."""
+        ready = sum(1 for i in self._instances.values() if i.state in (State.IDLE, State.BUSY))
+        return ready - self._size()
 
-    def _retire_recycled(self, instance: Instance) -> None:
-        instance.retire("recycle")
-        self.restarts["recycle"] += 1
+    def _replacing(self) -> bool:
+        return any(i.stale for i in self._instances.values() if i.state in _USABLE)
+
+    def _retire_stale(self, instance: Instance) -> None:
+        reason = instance.stale or "recycle"
+        instance.retire(reason)
+        self.restarts[reason] += 1
 
     def _boot_failed(self, instance: Instance, failure: Outcome) -> None:
         if failure != self._boot_failure:
@@ -325,6 +389,8 @@ class Pool:
     def _sweep_orphans(self) -> None:
         self._sweep_timer = None
         children = children_map()
+        if not children:
+            return  # /proc could not be read (out of descriptors?): the next reap sweeps
         live = [i for i in self._instances.values() if i.state is not State.DEAD]
         self._reaper.sweep(children, keep={pid for i in live for pid in i.memory.pids(children)})
         self._memory.remove_released()

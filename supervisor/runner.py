@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from supervisor import limits, logs
+from supervisor import guard, limits, logs
 from supervisor.config import Config
 from supervisor.connections import guarded_protocol
 from supervisor.http import FunctionApp
@@ -21,6 +22,8 @@ from supervisor.pool import Pool
 # How long stopping workers may take once the server has stopped: SIGTERM, SIGKILL 50 ms later,
 # then only the kernel's reaping is left.
 REAP_TIMEOUT_S = 2.0
+# How long the last log lines may wait for a slow log reader at exit.
+LOG_DRAIN_TIMEOUT_S = 1.0
 
 
 def run(config: Config) -> int:
@@ -37,20 +40,25 @@ async def _serve(config: Config) -> int:
         listener = _listen(config.host, config.port)
     except OSError as exc:
         log.error(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
-        log.attach(None)
+        log.close(LOG_DRAIN_TIMEOUT_S)
         return 1
     host, port = listener.getsockname()[:2]
     try:
         memory = limits.choose_enforcement(config.memory_enforcement, config.memory_mb)
     except OSError as exc:
         log.error(f"--memory-enforcement {config.memory_enforcement}: {exc}")
-        log.attach(None)
+        log.close(LOG_DRAIN_TIMEOUT_S)
         return 1
     if not limits.become_subreaper():
         log.warning("cannot become a child subreaper: a daemon a function detaches may outlive "
                     "its instance")
-    pool = Pool(config, memory, log)
-    metrics = Metrics(config.function_name, pool)
+    helpers = frozenset()
+    guard_pipe = -1
+    if directories := memory.cgroup_directories():
+        guard_pid, guard_pipe = guard.start(directories)
+        helpers = frozenset({guard_pid})
+    pool = Pool(config, memory, log, helpers)
+    metrics = Metrics(config.function_name, pool, log)
     server = _Server(uvicorn.Config(
         FunctionApp(pool, metrics, config, log),
         http=guarded_protocol(config.read_timeout_s),
@@ -69,14 +77,17 @@ async def _serve(config: Config) -> int:
              f"+ {config.spares} spare(s), timeout {config.timeout_s:g} s, "
              f"memory {config.memory_mb} MB enforced by {memory.description}")
     pool.start()
-    try:
-        with _stop_on_signals(server, pool, config.graceful_timeout_s, log):
-            await server.serve(sockets=[listener])
-    finally:
-        await pool.stop(REAP_TIMEOUT_S)
-        memory.close()
-        log.info("stopped")
-        log.attach(None)
+    with _operator_signals(pool, log):
+        try:
+            with _stop_on_signals(server, pool, config.graceful_timeout_s, log):
+                await server.serve(sockets=[listener])
+        finally:
+            await pool.stop(REAP_TIMEOUT_S)
+            memory.close()
+            if guard_pipe >= 0:
+                os.close(guard_pipe)  # the guard finds nothing left to kill, and exits
+            log.info("stopped")
+            log.close(LOG_DRAIN_TIMEOUT_S)
     return 0
 
 
@@ -119,6 +130,23 @@ def _stop_on_signals(server: uvicorn.Server, pool: Pool, graceful_timeout_s: flo
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+@contextlib.contextmanager
+def _operator_signals(pool: Pool, log: logs.Log) -> Iterator[None]:
+    """SIGHUP reloads: every instance is replaced by a fresh one that imports the code anew,
+    with no call failing. SIGUSR1 and SIGUSR2 log the pool's state. None of them stops us."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, pool.reload, "SIGHUP")
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        name = signal.Signals(signum).name
+        loop.add_signal_handler(signum, lambda name=name: log.info(f"{name}: {pool.describe()}"))
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)  # on the way out they must not kill us either
 
 
 def _listen(host: str, port: int) -> socket.socket:

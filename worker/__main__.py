@@ -58,6 +58,7 @@ def _serve(
     memory: PeakMemory | None,
     stamp: logsetup.RequestIdStamp,
 ) -> None:
+    runtime_pid = os.getpid()
     while (frame := channel.receive()) is not None:
         _, call_id, event, request_id, deadline_ms = frame
         stamp.request_id = request_id
@@ -65,6 +66,10 @@ def _serve(
             memory.reset()
         kind, value = handler(event, context.Context(static, request_id, deadline_ms))
         _flush_output()
+        if os.getpid() != runtime_pid:
+            # A child the handler forked has returned into the runtime: only the runtime's own
+            # process may answer or take the next call, so the child ends here.
+            os._exit(0)
         peak_kb = memory.peak_kb() if memory is not None else 0
         channel.send_bytes(_reply(kind, call_id, value, peak_kb, max_response_bytes))
 

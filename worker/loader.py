@@ -34,10 +34,23 @@ def describe(exc: BaseException) -> dict[str, Any]:
         for frame in traceback.extract_tb(exc.__traceback__)
         if not _is_runtime_frame(frame.filename)
     ]
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # the exception's own __str__ raised: say so, as Python's traceback does
+        message = "<exception str() failed>"
     if len(message) > _MAX_MESSAGE_CHARS:
         message = f"{message[:_MAX_MESSAGE_CHARS]}... [{len(message)} characters in all]"
-    return protocol.error(message, type(exc).__name__, traceback.format_list(frames))
+    trace = traceback.format_list(frames)
+    return protocol.error(_encodable(message), type(exc).__name__, [_encodable(t) for t in trace])
+
+
+def _encodable(text: str) -> str:
+    """The text with lone surrogates escaped: a frame must carry whatever the message holds."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _is_runtime_frame(filename: str) -> bool:

@@ -52,6 +52,8 @@ class NotSerializable(TypeError):
 
 
 def _refuse(obj: object) -> Any:
+    if isinstance(obj, int):  # msgpack asks about the ints it cannot carry
+        raise NotSerializable(f"the integer {obj} does not fit in 64 bits")
     raise NotSerializable(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
