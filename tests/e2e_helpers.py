@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -34,6 +35,9 @@ REQUEST_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.02
 LOG_TAIL_LINES = 40
 RUNTIME_LINE_KINDS = ("START", "END", "ERROR", "REPORT")
+ENFORCED_BY = {"watchdog": "enforced by watchdog", "cgroup": "enforced by cgroup v"}
+NO_CGROUP = "no writable memory cgroup"
+SERVING = " serving "  # the startup line, which says how the memory limit is enforced
 REPORTED_REQUEST_ID = re.compile(r"REPORT RequestID: (\S+)")
 
 T = TypeVar("T")
@@ -120,6 +124,14 @@ def is_alive(process: psutil.Process) -> bool:
         return False
 
 
+def is_guard(process: psutil.Process) -> bool:
+    """Whether the process is the supervisor's guard (which outlives it to clean up after it)."""
+    try:
+        return "supervisor.guard" in process.cmdline()
+    except psutil.Error:
+        return False
+
+
 def process_gone(pid: int, timeout_s: float = REAP_DEADLINE_S) -> bool:
     """Wait up to `timeout_s` for the process `pid` to finish; return whether it did."""
     try:
@@ -148,9 +160,12 @@ class Supervisor:
     """A running sfsupervisor: its process, log files, an HTTP client and its descendants."""
 
     def __init__(
-        self, argv: list[str], env: dict[str, str], port: int, log_dir: Path, name: str
+        self, argv: list[str], env: dict[str, str], port: int, log_dir: Path, name: str,
+        stderr: int | None = None,
     ) -> None:
         self.argv = argv
+        # Where stderr goes instead of the log file (log_text() is then empty).
+        self.stderr = stderr
         self.env = env
         self.port = port
         self.log_path = log_dir / f"{name}.stderr.log"
@@ -177,7 +192,7 @@ class Supervisor:
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_file,
-                stderr=log_file,
+                stderr=log_file if self.stderr is None else self.stderr,
                 env=self.env,
                 cwd=self.log_path.parent,
             )
@@ -232,6 +247,11 @@ class Supervisor:
         assert self._process is not None
         self.track_descendants()
         self._signalled = sent
+        self._process.send_signal(sent)
+
+    def send_signal_alive(self, sent: signal.Signals) -> None:
+        """Send a signal the supervisor is expected to survive (stop() still stops it)."""
+        assert self._process is not None
         self._process.send_signal(sent)
 
     def wait_exit(self, timeout_s: float) -> int | None:
@@ -434,7 +454,8 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
 
     `launch` keywords: `code_root` (--dir, default tests/functions), `wait_instances` (wait for
     the `instances ready` line, default True), `command` (default `python -m supervisor`),
-    `port_from_env` (pass the port as $PORT instead of --host/--port), `extra_env`.
+    `port_from_env` (pass the port as $PORT instead of --host/--port), `extra_env`, `stderr`
+    (a descriptor for the supervisor's stderr instead of the log file).
     """
     launched: list[Supervisor] = []
 
@@ -446,6 +467,7 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
         command: tuple[str, ...] = PYTHON_M_SUPERVISOR,
         port_from_env: bool = False,
         extra_env: dict[str, str] | None = None,
+        stderr: int | None = None,
     ) -> Supervisor:
         port = free_port()
         address = [] if port_from_env else ["--host", "127.0.0.1", "--port", str(port)]
@@ -459,7 +481,7 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
             env["PORT"] = str(port)
         env.update(extra_env or {})
         argv = [*command, "--dir", str(code_root), *address, *options, entrypoint]
-        supervisor = Supervisor(argv, env, port, log_dir, f"supervisor-{len(launched)}")
+        supervisor = Supervisor(argv, env, port, log_dir, f"supervisor-{len(launched)}", stderr)
         launched.append(supervisor)
         supervisor.start(wait_instances)
         return supervisor
@@ -470,3 +492,25 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
         problems = [problem for supervisor in launched for problem in supervisor.stop()]
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
+
+
+@functools.cache
+def cgroup_unavailable() -> str | None:
+    """Why `--memory-enforcement cgroup` cannot start on this machine; None when it can."""
+    argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0",
+            "--instances", "1", "--spares", "0", "--memory-enforcement", "cgroup",
+            "hostile.handler"]
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("SFSUPERVISOR_")}
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=FUNCTIONS_DIR) as probe:
+        assert probe.stderr is not None
+        line = next((line for line in probe.stderr if NO_CGROUP in line or SERVING in line), "")
+        if NO_CGROUP in line:
+            assert probe.wait(STOP_DEADLINE_S) == 1, line
+            return line.strip()
+        probe.send_signal(signal.SIGTERM)
+        probe.communicate(timeout=STOP_DEADLINE_S)
+    assert ENFORCED_BY["cgroup"] in line, f"exit code {probe.returncode}, line {line!r}"
+    return None

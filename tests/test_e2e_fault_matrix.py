@@ -11,11 +11,7 @@ where this machine lets the supervisor make one.
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import re
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -29,15 +25,15 @@ import httpx
 import psutil
 import pytest
 from e2e_helpers import (
-    FUNCTIONS_DIR,
+    ENFORCED_BY,
     POLL_INTERVAL_S,
-    PYTHON_M_SUPERVISOR,
     REAP_DEADLINE_S,
     REQUEST_TIMEOUT_S,
-    STOP_DEADLINE_S,
     Launch,
     Supervisor,
+    cgroup_unavailable,
     is_alive,
+    is_guard,
     ok_json,
     only_runtime_line,
     process_gone,
@@ -51,9 +47,6 @@ MEMORY_MB = 64
 INSTANCES = 2
 SPARES = 1
 POOL_SIZE = INSTANCES + SPARES
-ENFORCED_BY = {"watchdog": "enforced by watchdog", "cgroup": "enforced by cgroup v"}
-NO_CGROUP = "no writable memory cgroup"
-SERVING = " serving "  # the startup line, which says how the memory limit is enforced
 TIMEOUT_BODY = {
     "errorMessage": "execution timeout exceeded",
     "errorType": "JobExecutionTimeoutExceeded",
@@ -119,28 +112,6 @@ FAULTS = [
 
 
 # -- starting supervisors ----------------------------------------------------------------------
-
-
-@functools.cache
-def cgroup_unavailable() -> str | None:
-    """Why `--memory-enforcement cgroup` cannot start on this machine; None when it can."""
-    argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0",
-            "--instances", "1", "--spares", "0", "--memory-enforcement", "cgroup",
-            "hostile.handler"]
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith("SFSUPERVISOR_")}
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=env,
-                          cwd=FUNCTIONS_DIR) as probe:
-        assert probe.stderr is not None
-        line = next((line for line in probe.stderr if NO_CGROUP in line or SERVING in line), "")
-        if NO_CGROUP in line:
-            assert probe.wait(STOP_DEADLINE_S) == 1, line
-            return line.strip()
-        probe.send_signal(signal.SIGTERM)
-        probe.communicate(timeout=STOP_DEADLINE_S)
-    assert ENFORCED_BY["cgroup"] in line, f"exit code {probe.returncode}, line {line!r}"
-    return None
 
 
 @pytest.fixture(scope="module", params=sorted(ENFORCED_BY))
@@ -234,12 +205,12 @@ def recorded_pids(pid_dir: Path, tag: str) -> list[int]:
 
 
 def live_descendants(supervisor: Supervisor) -> list[psutil.Process]:
-    """The supervisor's descendants that still run (zombies excluded)."""
+    """The supervisor's descendants that still run (zombies and its own guard excluded)."""
     try:
         tree = psutil.Process(supervisor.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [process for process in tree if is_alive(process)]
+    return [process for process in tree if is_alive(process) and not is_guard(process)]
 
 
 def describe(process: psutil.Process) -> str:

@@ -1,0 +1,100 @@
+"""A test function for tests/test_e2e_resilience.py: `?do=` picks what a call does."""
+
+import fcntl
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+
+STRAY_LIFETIME_S = 120
+
+
+class BadStrError(Exception):
+    """An exception whose message cannot be had: its __str__ raises."""
+
+    def __str__(self):
+        raise RuntimeError("no str for you")
+
+
+def pid_answer(**extra):
+    return {"statusCode": 200, "body": json.dumps({"pid": os.getpid(), **extra})}
+
+
+def do_sleep(query):
+    """Sleep `?seconds=`, print `?say=` and a line of `?pad=` characters if given, answer the
+    pid."""
+    time.sleep(float(query.get("seconds", 0)))
+    if "say" in query:
+        print(query["say"], flush=True)
+    if "pad" in query:
+        print("p" * int(query["pad"]), flush=True)
+    return pid_answer()
+
+
+def do_crash(query):
+    """Sleep `?seconds=`, then end the instance."""
+    time.sleep(float(query.get("seconds", 0)))
+    os._exit(3)
+
+
+def do_fork_return(query):
+    """Fork; the child returns from the handler too, a moment after the parent."""
+    if os.fork() == 0:
+        time.sleep(0.2)
+    return pid_answer()
+
+
+def do_stray_reply(query):
+    """Return, and 0.2 s later write a well-formed second reply to this call (seq 1: the
+    instance's first call) into the runtime's frame pipe, as a forked child would."""
+
+    def write_again():
+        time.sleep(0.2)
+        frame = msgpack.packb([12, 1, {"statusCode": 200, "body": "stray"}, 0])
+        for fd in range(3, 64):
+            try:
+                is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+                writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+            except OSError:
+                continue
+            if is_pipe and writable:
+                os.write(fd, frame)
+
+    threading.Thread(target=write_again).start()
+    return pid_answer()
+
+
+def do_bad_str(query):
+    raise BadStrError()
+
+
+def do_detach(query):
+    """Start a sleeper in a session of its own (a daemon), named by `?tag=` on its command
+    line so that the test can find it from outside any namespace, and return at once."""
+    subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({STRAY_LIFETIME_S})",
+                      query["tag"]], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return pid_answer()
+
+
+BEHAVIOURS = {
+    "sleep": do_sleep,
+    "crash": do_crash,
+    "fork_return": do_fork_return,
+    "stray_reply": do_stray_reply,
+    "bad_str": do_bad_str,
+    "detach": do_detach,
+}
+
+
+def handler(event, context):
+    """Behave as `?do=` says; an async (raw) call's body is the `do`."""
+    if isinstance(event, str):
+        return do_sleep(json.loads(event))
+    query = event["queryStringParameters"]
+    return BEHAVIOURS[query.get("do", "sleep")](query)
