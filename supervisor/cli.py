@@ -45,6 +45,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     _check_range("--unhealthy-after", args.unhealthy_after, 0.001, 86400)
     _check_range("--graceful-timeout", args.graceful_timeout, 0, 86400)
     _check_range("--read-timeout", args.read_timeout, 0.001, 86400)
+    _check_range("--tmp-mb", args.tmp_mb, 1, 1024 * 1024)
+    _check_range("--max-pids", args.max_pids, 8, 4_194_304)
     _check_range("--max-request-mb", args.max_request_mb, 0.001, 1024)
     _check_range("--max-response-mb", args.max_response_mb, 0.001, 1024)
     env = _read_env_file(args.env_file) if args.env_file else {}
@@ -72,6 +74,12 @@ def parse_config(argv: list[str] | None = None) -> Config:
         function_version=args.function_version,
         env=env,
         token=_parse_token(args.token) if args.token else None,
+        sandbox=args.sandbox,
+        sandbox_uids=_parse_uid_range(args.sandbox_uids),
+        pass_env=tuple(args.pass_env),
+        no_network=args.no_network,
+        tmp_mb=args.tmp_mb,
+        max_pids=args.max_pids,
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -121,6 +129,15 @@ def _parser() -> argparse.ArgumentParser:
            "seconds of its first byte, or its connection is closed (slow clients)")
     option("--max-request-mb", float, 3.5, "largest request body in MB (larger: 413)")
     option("--max-response-mb", float, 3.5, "largest function response in MB (larger: 502)")
+    option("--sandbox", str, "auto", "how each instance is sealed off: ns (namespaces and a "
+           "uid of its own), uid (a uid of its own), none; auto takes the strongest this "
+           "machine allows and the startup line names it", choices=["auto", "ns", "uid", "none"])
+    option("--sandbox-uids", str, "20000-29999", "the range of uids (and gids) given one per "
+           "instance when the supervisor runs as root")
+    option("--tmp-mb", int, 512, "size of each instance's private /tmp (ns sandbox)")
+    option("--max-pids", int, 512, "processes and threads an instance may have at once")
+    option("--no-network", yes_no, False, "give each instance a network namespace with only "
+           "loopback (ns sandbox)")
     option("--function-name", str, None, "context.function_name (default: the code root's name)")
     option("--function-version", str, "$latest", "context.function_version")
     option("--env-file", str, None, "file of KEY=VALUE lines for the function's environment")
@@ -129,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     option("--log-level", str, "info", "least severe level logged", choices=list(LEVELS))
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="an environment variable for the function (repeatable)")
+    parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                        help="pass this variable of the supervisor's environment on to the "
+                             "function (repeatable); nothing else of it is passed")
     parser.add_argument("--version", action="version", version=f"sfsupervisor {__version__}")
     return parser
 
@@ -145,8 +165,9 @@ class _OptionAdder:
         if variable in os.environ:
             default = _convert(os.environ[variable], kind, variable)
         shown = f" (default: {default})" if default is not None else ""
-        self._parser.add_argument(flag, type=kind, default=default,
-                                  help=f"{help_text}{shown} (env {variable})", **extra)
+        typed = {"action": "store_true"} if kind is yes_no else {"type": kind}
+        self._parser.add_argument(flag, default=default,
+                                  help=f"{help_text}{shown} (env {variable})", **typed, **extra)
 
 
 def _convert(raw: str, kind: Callable[[str], Any], variable: str) -> Any:
@@ -202,6 +223,26 @@ def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
     return value
+
+
+def _parse_uid_range(text: str) -> tuple[int, int]:
+    first, dash, last = text.partition("-")
+    try:
+        low, high = int(first), int(last)
+    except ValueError:
+        low = high = -1
+    if not dash or not 1 <= low <= high < 2**32 - 1:
+        _fail(f"--sandbox-uids must be a range FIRST-LAST of uids above 0, got {text!r}")
+    return low, high
+
+
+def yes_no(text: str) -> bool:
+    """A yes/no option's value from the environment: 1/0, true/false, yes/no, on/off."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def _parse_token(text: str) -> dict[str, Any]:

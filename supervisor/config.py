@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,24 @@ class Config:
     max_calls: int = 0
     memory_enforcement: str = "auto"
     address_space_mb: int = 0
+    sandbox: str = "auto"
+    sandbox_uids: tuple[int, int] = (20000, 29999)
+    pass_env: tuple[str, ...] = ()
+    no_network: bool = False
+    tmp_mb: int = 512
+    max_pids: int = 512
 
-    def worker_environment(self) -> dict[str, str]:
-        """The environment a worker starts with: ours, minus our settings, plus the user's."""
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    def function_environment(self, instance: dict[str, str]) -> dict[str, str]:
+        """What the function finds in os.environ: a minimal base, the instance's own HOME and
+        TMPDIR, what --pass-env names, --env-file and --env, and the platform's variables.
+        Never the rest of the supervisor's environment: it may hold the host's secrets."""
+        passed = {name: os.environ[name] for name in self.pass_env if name in os.environ}
         return {
-            **inherited,
+            "PATH": default_path(),
+            "LANG": "C.UTF-8",
+            "TZ": "UTC",
+            **instance,
+            **passed,
             **self.env,
             "_HANDLER": self.entrypoint,
             "LAMBDA_TASK_ROOT": str(self.code_root),
@@ -72,3 +85,9 @@ class Config:
             "log_stream_name": self.function_version,
             "token": self.token,
         }
+
+
+def default_path() -> str:
+    """The interpreter's own directory (a virtualenv's bin), then the usual system ones."""
+    return ":".join([os.path.dirname(sys.executable), "/usr/local/sbin", "/usr/local/bin",
+                     "/usr/sbin", "/usr/bin", "/sbin", "/bin"])

@@ -27,6 +27,7 @@ from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
 from supervisor.limits import MB, ChildrenMap, InstanceMemory, MemoryEnforcement
+from supervisor.sandbox import InstanceSandbox, Sandbox
 from worker import protocol
 
 _READ_BYTES = 64 * 1024
@@ -60,7 +61,7 @@ class PoolHooks(Protocol):
 class Instance:
     """A worker process that serves one call at a time."""
 
-    def __init__(self, ident: int, config: Config, environment: dict[str, str],
+    def __init__(self, ident: int, config: Config, sandbox: Sandbox,
                  enforcement: MemoryEnforcement, log: logs.Log, pool: PoolHooks,
                  call_limit: int | None = None) -> None:
         self.id = ident
@@ -77,7 +78,8 @@ class Instance:
         # Why the instance ended: timeout, memory, crash, protocol, init_failure, recycle, ...
         self.end_reason: str | None = None
         self._config = config
-        self._environment = environment
+        self._sandbox = sandbox
+        self._share: InstanceSandbox | None = None  # its uid and /tmp, once it starts
         self._enforcement = enforcement
         self._log = log
         self._pool = pool
@@ -105,10 +107,12 @@ class Instance:
         cannot be made) is a failed boot: the pool retries with its backoff.
         """
         try:
+            self._share = self._sandbox.for_instance(self.id)
             self.memory = self._enforcement.for_instance(self.id)
             self._start_process()
         except Exception as exc:
             self.memory.release()
+            self._release_share()
             self._log.error(f"instance {self.id} could not start a worker: {exc}", self.id)
             self.state = State.DEAD
             self.end_reason = "spawn_failure"
@@ -120,7 +124,9 @@ class Instance:
         self._pool.instance_started(self)
         self._send([protocol.INIT, protocol.VERSION, self._config.entrypoint,
                     self._config.static_context(),
-                    self._config.worker_limits(self.memory.needs_worker_peak)])
+                    self._config.worker_limits(self.memory.needs_worker_peak),
+                    self._config.function_environment(self._share.environment),
+                    self._share.spec])
         self._timer = self._loop.call_later(self._config.timeout_s, self._on_init_deadline)
 
     def dispatch(self, call: Call) -> None:
@@ -203,7 +209,7 @@ class Instance:
         self._process = subprocess.Popen(
             self.memory.command(argv),
             cwd=self._config.code_root,
-            env=self._environment,
+            env=self._sandbox.spawn_environment,
             stdin=subprocess.DEVNULL,
             stdout=stdout_w,
             stderr=stderr_w,
@@ -440,6 +446,7 @@ class Instance:
         if self.memory.oom_events_fd >= 0:
             self._loop.remove_reader(self.memory.oom_events_fd)
         self.memory.release()
+        self._release_share()
         self._log.debug(f"instance {self.id} reaped ({_describe_exit(returncode)})", self.id)
         self._pool.instance_reaped(self)
 
@@ -463,6 +470,11 @@ class Instance:
         if self._call is not None:
             self._finish(outcome, self.memory.call_peak_kb(0))
         self._pool.instance_lost(self, None)
+
+    def _release_share(self) -> None:
+        if self._share is not None:
+            self._share.release()
+            self._share = None
 
     def _close_frame_pipes(self) -> None:
         if self._from_worker >= 0:

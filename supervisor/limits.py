@@ -99,10 +99,21 @@ class InstanceMemory:
         # Resident bytes of a process not counted against the instance (see _track).
         self._baselines: dict[int, int] = {}
         self._call_peak_bytes = 0
+        # The instance's pids cgroup (bounds its processes and threads), where there is one.
+        self.pids_dir: Path | None = None
+
+    def limit_processes(self, path: Path, max_pids: int) -> None:
+        """Put the instance in the pids cgroup `path`, limited to `max_pids` tasks."""
+        path.mkdir(exist_ok=True)  # on cgroup v2 it may be the memory cgroup itself
+        self.pids_dir = path
+        (path / "pids.max").write_text(str(max_pids))
 
     def command(self, argv: list[str]) -> list[str]:
-        """The command that starts the worker under this limit."""
-        return argv
+        """The command that starts the worker under this limit: it joins its cgroups first."""
+        return _joining(self._cgroup_dirs(), argv)
+
+    def _cgroup_dirs(self) -> list[Path]:
+        return [self.pids_dir] if self.pids_dir is not None else []
 
     def started(self, pid: int) -> None:
         self.pid = pid
@@ -147,8 +158,9 @@ class InstanceMemory:
         return False
 
     def pids(self, children: ChildrenMap) -> set[int]:
-        """Every live process of the instance."""
-        return {self.pid, *descendants(self.pid, children)} if self.pid else set()
+        """Every live process of the instance: its tree, and its cgroups' members."""
+        tree = {self.pid, *descendants(self.pid, children)} if self.pid else set()
+        return tree | _members(self._cgroup_dirs())
 
     def kill_all(self) -> None:
         """SIGKILL every process of the instance, including children that left its group."""
@@ -167,6 +179,8 @@ class InstanceMemory:
             os.close(fd)
         self._statm_fds.clear()
         self._baselines.clear()
+        if self.pids_dir is not None:
+            _rmdir_quietly(self.pids_dir)
 
     def _track(self, pids: Iterable[int]) -> None:
         """Start reading the resident memory of processes new to the tree.
@@ -232,9 +246,8 @@ class CgroupMemory(InstanceMemory):
         (self.path / "cgroup.event_control").write_text(
             f"{self.oom_events_fd} {self._oom_control_fd}")
 
-    def command(self, argv: list[str]) -> list[str]:
-        procs = self.path / "cgroup.procs"
-        return ["/bin/sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *argv]
+    def _cgroup_dirs(self) -> list[Path]:
+        return [self.path, *(d for d in super()._cgroup_dirs() if d != self.path)]
 
     def started(self, pid: int) -> None:
         self.pid = pid
@@ -262,13 +275,6 @@ class CgroupMemory(InstanceMemory):
 
     def oom_killed(self) -> bool:
         return self._oom_kills() > self._oom_kills_at_start
-
-    def pids(self, children: ChildrenMap) -> set[int]:
-        try:
-            members = {int(pid) for pid in (self.path / "cgroup.procs").read_text().split()}
-        except (OSError, ValueError):
-            members = set()
-        return members | super().pids(children)
 
     def kill_all(self) -> None:
         if self._layout.version == 2:
@@ -307,10 +313,13 @@ class CgroupMemory(InstanceMemory):
 class MemoryEnforcement:
     """Makes the InstanceMemory of each new instance; the choice is made once at start."""
 
-    def __init__(self, limit_mb: int, parent: Path | None, layout: CgroupLayout | None) -> None:
+    def __init__(self, limit_mb: int, parent: Path | None, layout: CgroupLayout | None,
+                 pids_parent: Path | None = None, max_pids: int = 0) -> None:
         self.limit_bytes = limit_mb * MB
         self._parent = parent
         self._layout = layout
+        self._pids_parent = pids_parent
+        self._max_pids = max_pids
         self._cgroups: list[CgroupMemory] = []
 
     @property
@@ -323,45 +332,70 @@ class MemoryEnforcement:
     def uses_watchdog(self) -> bool:
         return self._parent is None
 
+    @property
+    def limits_processes(self) -> bool:
+        """Whether each instance gets a pids cgroup (a fork bomb stays inside it)."""
+        return self._pids_parent is not None
+
     def for_instance(self, instance_id: int) -> InstanceMemory:
         if self._parent is None or self._layout is None:
-            return InstanceMemory(self.limit_bytes)
-        memory = CgroupMemory(self.limit_bytes, self._parent / f"i{instance_id}", self._layout)
-        self._cgroups.append(memory)
+            memory = InstanceMemory(self.limit_bytes)
+        else:
+            memory = CgroupMemory(self.limit_bytes, self._parent / f"i{instance_id}",
+                                  self._layout)
+            self._cgroups.append(memory)
+        if self._pids_parent is not None:
+            try:
+                memory.limit_processes(self._pids_parent / f"i{instance_id}", self._max_pids)
+            except BaseException:
+                memory.release()
+                raise
         return memory
 
     def cgroup_directories(self) -> list[Path]:
-        """The directories holding this supervisor's instance cgroups (none for the watchdog)."""
-        return [self._parent] if self._parent is not None else []
+        """The directories holding this supervisor's instance cgroups."""
+        return list(dict.fromkeys(d for d in (self._parent, self._pids_parent) if d is not None))
 
     def remove_released(self) -> None:
         """Remove the cgroups of reaped instances whose last processes have died since."""
         self._cgroups = [m for m in self._cgroups if m.pid or not m.remove()]
 
     def close(self) -> None:
-        """Remove the supervisor's cgroup directory (its instances are gone by now)."""
-        if self._parent is not None:
-            _remove_cgroup_tree(self._parent)
+        """Remove the supervisor's cgroup directories (its instances are gone by now)."""
+        for directory in self.cgroup_directories():
+            _remove_cgroup_tree(directory)
 
 
-def choose_enforcement(mode: str, limit_mb: int) -> MemoryEnforcement:
-    """The enforcement for `mode` ("auto", "cgroup" or "watchdog").
+def choose_enforcement(mode: str, limit_mb: int, max_pids: int) -> MemoryEnforcement:
+    """The enforcement for `mode` ("auto", "cgroup" or "watchdog"), with a pids cgroup per
+    instance of at most `max_pids` tasks wherever the pids controller can be used.
 
     Raises OSError when "cgroup" is asked for and no memory cgroup can be created here.
     """
+    pids_parent = _pids_parent()
     if mode != "watchdog":
-        for layout, own_dir in _candidate_cgroups():
+        for layout, own_dir in _candidate_cgroups("memory"):
             try:
-                return MemoryEnforcement(limit_mb, _make_parent(own_dir, layout), layout)
+                parent = _make_parent(own_dir, layout, "memory")
             except OSError:
                 continue
+            return MemoryEnforcement(limit_mb, parent, layout, pids_parent, max_pids)
         if mode == "cgroup":
             raise OSError("no writable memory cgroup (v2 with the memory controller, or v1)")
-    return MemoryEnforcement(limit_mb, None, None)
+    return MemoryEnforcement(limit_mb, None, None, pids_parent, max_pids)
 
 
-def _candidate_cgroups() -> Iterable[tuple[CgroupLayout, Path]]:
-    """Our own cgroup directory in each mounted hierarchy that has the memory controller."""
+def _pids_parent() -> Path | None:
+    for layout, own_dir in _candidate_cgroups("pids"):
+        try:
+            return _make_parent(own_dir, layout, "pids")
+        except OSError:
+            continue
+    return None
+
+
+def _candidate_cgroups(controller: str) -> Iterable[tuple[CgroupLayout, Path]]:
+    """Our own cgroup directory in each mounted hierarchy that has the controller."""
     own_paths = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
@@ -369,11 +403,11 @@ def _candidate_cgroups() -> Iterable[tuple[CgroupLayout, Path]]:
     for mount_point, fstype, options in _cgroup_mounts():
         if fstype == "cgroup2" and "" in own_paths:
             own_dir = Path(mount_point) / own_paths[""]
-            if "memory" in _read(own_dir / "cgroup.controllers").split():
+            if controller in _read(own_dir / "cgroup.controllers").split():
                 yield V2, own_dir
-        elif fstype == "cgroup" and "memory" in options.split(","):
+        elif fstype == "cgroup" and controller in options.split(","):
             for controllers, path in own_paths.items():
-                if "memory" in controllers.split(","):
+                if controller in controllers.split(","):
                     yield V1, Path(mount_point) / path
 
 
@@ -386,17 +420,22 @@ def _cgroup_mounts() -> Iterable[tuple[str, str, str]]:
             yield mount_point, fstype, super_options
 
 
-def _make_parent(own_dir: Path, layout: CgroupLayout) -> Path:
+def _make_parent(own_dir: Path, layout: CgroupLayout, controller: str) -> Path:
     _remove_stale_parents(own_dir)
-    if layout.version == 2 and "memory" not in _read(own_dir / "cgroup.subtree_control").split():
-        (own_dir / "cgroup.subtree_control").write_text("+memory")
+    if layout.version == 2:
+        _enable_controller(own_dir, controller)
     parent = own_dir / f"{_CGROUP_PREFIX}{os.getpid()}"
     parent.mkdir(exist_ok=True)
     if layout.version == 2:
-        (parent / "cgroup.subtree_control").write_text("+memory")
-    else:
+        _enable_controller(parent, controller)
+    elif controller == "memory":
         _write_if_present(parent / "memory.use_hierarchy", "1")
     return parent
+
+
+def _enable_controller(directory: Path, controller: str) -> None:
+    if controller not in _read(directory / "cgroup.subtree_control").split():
+        (directory / "cgroup.subtree_control").write_text(f"+{controller}")
 
 
 def _remove_stale_parents(own_dir: Path) -> None:
@@ -416,6 +455,35 @@ def _remove_cgroup_tree(path: Path) -> None:
                 child.rmdir()
             except OSError:
                 pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _joining(cgroup_dirs: list[Path], argv: list[str]) -> list[str]:
+    """`argv`, started through a shell that first moves itself into the cgroups.
+
+    The worker must be in its cgroups before its interpreter allocates anything, and a shell
+    keeps the spawn a vfork+exec: a preexec_fn would force a fork of the whole supervisor.
+    """
+    if not cgroup_dirs:
+        return argv
+    joins = " && ".join(f'echo $$ > "{d / "cgroup.procs"}"' for d in cgroup_dirs)
+    return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
+
+
+def _members(cgroup_dirs: list[Path]) -> set[int]:
+    members: set[int] = set()
+    for directory in cgroup_dirs:
+        try:
+            members.update(int(pid) for pid in (directory / "cgroup.procs").read_text().split())
+        except (OSError, ValueError):
+            pass
+    return members
+
+
+def _rmdir_quietly(path: Path) -> None:
     try:
         path.rmdir()
     except OSError:

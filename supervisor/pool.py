@@ -52,6 +52,7 @@ from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import MB, Config
 from supervisor.instance import Instance, State
 from supervisor.limits import MemoryEnforcement, OrphanReaper, children_map
+from supervisor.sandbox import Sandbox
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
@@ -71,13 +72,13 @@ class Pool:
     ours that are never taken for orphans.
     """
 
-    def __init__(self, config: Config, memory: MemoryEnforcement, log: logs.Log,
-                 helpers: frozenset[int] = frozenset()) -> None:
+    def __init__(self, config: Config, memory: MemoryEnforcement, sandbox: Sandbox,
+                 log: logs.Log, helpers: frozenset[int] = frozenset()) -> None:
         self._config = config
         self._memory = memory
+        self._sandbox = sandbox
         self._log = log
         self._loop = asyncio.get_running_loop()
-        self._environment = config.worker_environment()
         self._instances: dict[int, Instance] = {}
         self._idle: list[Instance] = []
         self._waiting: deque[Call] = deque()
@@ -326,7 +327,7 @@ class Pool:
     def _spawn(self) -> None:
         ident = self._next_id
         self._next_id += 1
-        instance = Instance(ident, self._config, self._environment, self._memory, self._log,
+        instance = Instance(ident, self._config, self._sandbox, self._memory, self._log,
                             self, _call_limit(self._config.max_calls))
         self._instances[ident] = instance
         self._all_reaped.clear()

@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from supervisor import guard, limits, logs
+from supervisor import guard, limits, logs, sandbox
 from supervisor.config import Config
 from supervisor.connections import guarded_protocol
 from supervisor.http import FunctionApp
@@ -27,15 +28,22 @@ LOG_DRAIN_TIMEOUT_S = 1.0
 
 
 def run(config: Config) -> int:
-    """Serve the function until SIGTERM or SIGINT; returns the exit code."""
+    """Serve the function until SIGTERM or SIGINT; returns the exit code (2: the sandbox
+    asked for cannot work here, said in one line)."""
+    try:
+        chosen = sandbox.choose(config)
+    except sandbox.SandboxUnavailable as exc:
+        sys.stderr.write(f"sfsupervisor: error: {exc}\n")
+        return 2
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve(config))
+        return runner.run(_serve(config, chosen))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
     log = logs.Log(config.log_format, config.log_level, config.function_name)
     log.attach(asyncio.get_running_loop())
     _route_library_logs(log, config.log_level)
+    sandbox.seal_supervisor()
     try:
         listener = _listen(config.host, config.port)
     except OSError as exc:
@@ -44,7 +52,8 @@ async def _serve(config: Config) -> int:
         return 1
     host, port = listener.getsockname()[:2]
     try:
-        memory = limits.choose_enforcement(config.memory_enforcement, config.memory_mb)
+        memory = limits.choose_enforcement(config.memory_enforcement, config.memory_mb,
+                                           config.max_pids)
     except OSError as exc:
         log.error(f"--memory-enforcement {config.memory_enforcement}: {exc}")
         log.close(LOG_DRAIN_TIMEOUT_S)
@@ -57,7 +66,7 @@ async def _serve(config: Config) -> int:
     if directories := memory.cgroup_directories():
         guard_pid, guard_pipe = guard.start(directories)
         helpers = frozenset({guard_pid})
-    pool = Pool(config, memory, log, helpers)
+    pool = Pool(config, memory, chosen, log, helpers)
     metrics = Metrics(config.function_name, pool, log)
     server = _Server(uvicorn.Config(
         FunctionApp(pool, metrics, config, log),
@@ -75,7 +84,10 @@ async def _serve(config: Config) -> int:
     log.info(f"serving {config.entrypoint} from {config.code_root} on "
              f"http://{_url_host(host)}:{port} with {config.instances} instance(s) "
              f"+ {config.spares} spare(s), timeout {config.timeout_s:g} s, "
-             f"memory {config.memory_mb} MB enforced by {memory.description}")
+             f"memory {config.memory_mb} MB enforced by {memory.description}, "
+             f"sandbox {chosen.description}")
+    if chosen.warning:
+        log.warning(chosen.warning)
     pool.start()
     with _operator_signals(pool, log):
         try:
@@ -84,6 +96,7 @@ async def _serve(config: Config) -> int:
         finally:
             await pool.stop(REAP_TIMEOUT_S)
             memory.close()
+            chosen.close()
             if guard_pipe >= 0:
                 os.close(guard_pipe)  # the guard finds nothing left to kill, and exits
             log.info("stopped")

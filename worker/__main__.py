@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker import context, loader, logsetup, protocol
+from worker import context, loader, logsetup, protocol, sandbox
 from worker.channel import Channel
 from worker.memory import PeakMemory
 
@@ -32,7 +32,11 @@ def main() -> None:
     init = channel.receive()
     if init is None or init[0] != protocol.INIT or init[1] != protocol.VERSION:
         sys.exit(f"worker: expected INIT frame version {protocol.VERSION}, got {init!r}")
-    _, _, entrypoint, static, limits = init
+    _, _, entrypoint, static, limits, environment, sandbox_spec = init
+    sandbox.enter(sandbox_spec, (read_fd, write_fd))
+    if sandbox_spec["tier"] != "ns" and os.getppid() != parent_pid:
+        os._exit(1)  # the supervisor died before the parent-death signal was armed again
+    _take_environment(environment)
     _limit_address_space(limits["address_space_bytes"])
     stamp = logsetup.install()
     _forget_runtime_modules()
@@ -140,6 +144,18 @@ def _flush_output() -> None:
                 stream.flush()
         except Exception:
             pass
+
+
+def _take_environment(environment: dict[str, str]) -> None:
+    """Become the function's environment, as the platform's preloaded runtime does before it
+    imports the user's code. PYTHONPATH and PYTHONDONTWRITEBYTECODE, which an interpreter reads
+    only as it starts, are applied here by hand."""
+    os.environ.clear()
+    os.environ.update(environment)
+    extra_paths = [path for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
+    sys.path[0:0] = extra_paths
+    if environment.get("PYTHONDONTWRITEBYTECODE"):
+        sys.dont_write_bytecode = True
 
 
 def _limit_address_space(limit_bytes: int | None) -> None:

@@ -6,11 +6,14 @@ self-delimiting, so the stream needs no length prefix. This module does no I/O: 
 it, and the worker side must stay light (standard library and msgpack only).
 
 supervisor -> worker
-    [INIT, VERSION, entrypoint, static_context, limits]
+    [INIT, VERSION, entrypoint, static_context, limits, environment, sandbox]
                                                   once, right after the worker starts; limits:
                                                   {"max_response_bytes": int,
                                                    "address_space_bytes": int | None,
-                                                   "measure_peak": bool}
+                                                   "measure_peak": bool};
+                                                  environment: the function's os.environ, set
+                                                  before its code is imported; sandbox: how
+                                                  the worker seals itself (worker/sandbox.py)
     [CALL, call_id, event, request_id, deadline_ms]
 worker -> supervisor
     [READY, VERSION, init_ms]                     the entry point imported and resolved
@@ -31,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-VERSION = 1
+VERSION = 2
 
 INIT = 0
 CALL = 1
