@@ -80,6 +80,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         no_network=args.no_network,
         tmp_mb=args.tmp_mb,
         max_pids=args.max_pids,
+        reload=args.reload,
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -138,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     option("--max-pids", int, 512, "processes and threads an instance may have at once")
     option("--no-network", yes_no, False, "give each instance a network namespace with only "
            "loopback (ns sandbox)")
+    option("--reload", yes_no, False, "replace the instances whenever a .py file under the "
+           "code root changes: the next call runs the new code (for development)")
     option("--function-name", str, None, "context.function_name (default: the code root's name)")
     option("--function-version", str, "$latest", "context.function_version")
     option("--env-file", str, None, "file of KEY=VALUE lines for the function's environment")

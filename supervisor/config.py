@@ -49,6 +49,7 @@ class Config:
     no_network: bool = False
     tmp_mb: int = 512
     max_pids: int = 512
+    reload: bool = False
 
     def function_environment(self, instance: dict[str, str]) -> dict[str, str]:
         """What the function finds in os.environ: a minimal base, the instance's own HOME and

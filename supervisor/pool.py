@@ -169,16 +169,24 @@ class Pool:
         return (since is None or self._loop.time() - since < self._config.unhealthy_after_s
                 or self._has_instance_to_wait_for())
 
-    def reload(self, reason: str) -> None:
+    def reload(self, reason: str, strict: bool = False) -> None:
         """Replace every instance with a fresh one that imports the code anew.
 
         The old instances serve until the new ones are ready, so no call fails or waits longer;
-        if the new code does not import, the old instances go on serving.
+        if the new code does not import, the old instances go on serving. `strict` (--reload,
+        for the development loop): the old instances take no new call, so the next call runs
+        the new code, or gets its import error, after waiting for a fresh instance.
         """
-        stale = [i for i in self._instances.values() if i.state in _USABLE and not i.stale]
+        stale = [i for i in self._instances.values() if i.state in _USABLE]
         self._log.info(f"{reason}: replacing {len(stale)} instance(s) with fresh ones")
         for instance in stale:
-            instance.stale = "reload"
+            instance.stale = "code_change" if strict else "reload"
+        if strict:
+            for instance in [i for i in self._idle if i.stale]:
+                self._idle.remove(instance)
+                self._retire_stale(instance)
+            self._boot_failure = None  # the new code deserves a try at once
+            self._boot_failures = 0
         self._fill()
 
     def instances(self) -> list[Instance]:
@@ -237,7 +245,7 @@ class Pool:
             self._log.info(f"instance {instance.id} served {instance.calls_served} calls; "
                            "recycling it once its replacement is ready", instance.id)
             self.replace(instance, "recycle")
-        if instance.stale and self._surplus() > 0:
+        if instance.stale and (instance.stale == "code_change" or self._surplus() > 0):
             self._retire_stale(instance)
             return
         self._idle.append(instance)

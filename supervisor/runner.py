@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from supervisor import guard, limits, logs, sandbox
+from supervisor import guard, limits, logs, reloader, sandbox
 from supervisor.config import Config
 from supervisor.connections import guarded_protocol
 from supervisor.http import FunctionApp
@@ -89,7 +90,7 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
     if chosen.warning:
         log.warning(chosen.warning)
     pool.start()
-    with _operator_signals(pool, log):
+    with _operator_signals(pool, log), _reloading(config, pool, log):
         try:
             with _stop_on_signals(server, pool, config.graceful_timeout_s, log):
                 await server.serve(sockets=[listener])
@@ -160,6 +161,14 @@ def _operator_signals(pool: Pool, log: logs.Log) -> Iterator[None]:
         for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(signum)
             signal.signal(signum, signal.SIG_IGN)  # on the way out they must not kill us either
+
+
+def _reloading(config: Config, pool: Pool,
+               log: logs.Log) -> contextlib.AbstractContextManager[None]:
+    """--reload: new code replaces the instances as soon as it is saved."""
+    if not config.reload:
+        return contextlib.nullcontext()
+    return reloader.reloading(config.code_root, functools.partial(pool.reload, strict=True), log)
 
 
 def _listen(host: str, port: int) -> socket.socket:
