@@ -16,7 +16,12 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from benchmarks import chart, loadgen, report
-from benchmarks.scenarios import ALL_SERVERS, QUIET_SFSUPERVISOR, SCENARIO_NAMES
+from benchmarks.scenarios import (
+    ALL_SERVERS,
+    EXPLICIT_SCENARIOS,
+    QUIET_SFSUPERVISOR,
+    SCENARIO_NAMES,
+)
 from benchmarks.servers import PEERS, REPO_ROOT, stop_all
 from benchmarks.suite import Settings, Suite
 
@@ -24,10 +29,11 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 # Full runs measure each server and connection count in 3 interleaved rounds of 3 s, so that
 # a slow minute of a shared machine does not land on one server only.
 FULL = {"duration_s": 3.0, "rounds": 3, "warmup_s": 2.0, "coldstart_repeats": 3,
-        "recovery_cycles": 10, "overload_s": 8.0}
+        "recovery_cycles": 10, "overload_s": 8.0, "soak_s": 600.0, "soak_warmup_s": 5.0}
 # Quick runs warm up with a burst of calls only (wrk's shortest run is a whole second).
 QUICK = {"duration_s": 2.0, "rounds": 1, "warmup_s": 0.0, "coldstart_repeats": 1,
-         "recovery_cycles": 3, "overload_s": 3.0}
+         "recovery_cycles": 3, "overload_s": 3.0, "soak_s": 20.0, "soak_warmup_s": 2.0}
+CHOICES = (*SCENARIO_NAMES, *EXPLICIT_SCENARIOS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Load-test sfsupervisor side by side with uvicorn, gunicorn and "
                     "functions-framework on loopback; print a table, write JSON and a PNG.")
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                        help=f"what to run (default: all): {', '.join(SCENARIO_NAMES)}")
+                        help=f"what to run (default: all but {', '.join(EXPLICIT_SCENARIOS)}): "
+                             f"{', '.join(CHOICES)}")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: short runs, 32 connections only (under 2 minutes)")
     parser.add_argument("--out", default=str(DEFAULT_OUT),
@@ -77,14 +84,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds per measured round (default: 3, quick: 2)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds per server and connection count (default: 3, quick: 1)")
+    parser.add_argument("--soak-minutes", type=float, default=None,
+                        help="how long `soak` runs (default: 10, quick: 1/3)")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     scenarios = tuple(args.scenarios) or SCENARIO_NAMES
-    unknown = [name for name in scenarios if name not in SCENARIO_NAMES]
+    unknown = [name for name in scenarios if name not in CHOICES]
     if unknown:
-        _quit(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(SCENARIO_NAMES)}")
+        _quit(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(CHOICES)}")
     if args.servers:
         servers = tuple(key.strip() for key in args.servers.split(","))
         unknown = [key for key in servers if key not in PEERS]
@@ -97,6 +106,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         timing["duration_s"] = args.duration
     if args.rounds is not None:
         timing["rounds"] = args.rounds
+    if args.soak_minutes is not None:
+        if args.soak_minutes <= 0:
+            _quit("--soak-minutes must be more than 0")
+        timing["soak_s"] = args.soak_minutes * 60
     return Settings(scenarios=scenarios, servers=servers, instances=args.instances,
                     quick=args.quick, **timing)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks import soak
 from benchmarks.scenarios import LOAD_SCENARIOS
 
 TARGET_CONNECTIONS = 32
@@ -22,6 +23,7 @@ def render(results: dict[str, Any]) -> str:
     if results["memory"].get("servers"):
         parts.append(_memory_table(results["memory"]))
     parts += [_overload_table(row) for row in results["overload"]]
+    parts += [_soak_report(row) for row in results.get("soak", [])]
     parts.append(_targets_table(results["targets"]))
     parts += [_failures(results["failures"]), _log_findings(results["logs"])]
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -150,6 +152,105 @@ def _overload_table(row: dict[str, Any]) -> str:
 
 def _status_name(status: str) -> str:
     return "no answer" if status == "0" else status
+
+
+def _soak_report(row: dict[str, Any]) -> str:
+    """The samples, then the verdicts, what each behaviour got, and what /metrics counted."""
+    if not row.get("samples"):
+        return ""
+    parts = [_soak_title(row), _soak_samples(row["samples"])]
+    if not row["complete"]:
+        parts.append(f"not finished (interrupted, or the server failed: see below) after "
+                     f"{len(row['samples'])} samples: no verdicts")
+        return "\n".join(parts)
+    parts += [_soak_verdicts(row), _soak_behaviours(row), _soak_counts(row)]
+    return "\n".join(parts)
+
+
+def _soak_title(row: dict[str, Any]) -> str:
+    mix = row["mix_per_1000"]
+    good = ", ".join(f"{name} {mix[name]}" for name in ("ok", "sleep"))
+    hostile = ", ".join(f"{name} {weight}" for name, weight in mix.items()
+                        if name not in ("ok", "sleep"))
+    capacity = row.get("capacity", {})
+    return (f"soak: {row['label']}, soak.handler for {soak.clock(row['duration_s'])}: calls "
+            f"launched open loop at {row.get('rate_per_s', 0):g}/s, 2x the good mix's measured "
+            f"capacity of {capacity.get('measured_per_s', 0):g}/s (ideal "
+            f"{capacity.get('ideal_per_s', 0):g}/s), on {row['connections']} keep-alive "
+            f"connections (reopened after {soak.IDLE_RECONNECT_S:g} s idle or when the server "
+            f"closed one), {row['call_timeout_s']:g} s deadline per call\n"
+            f"mix per 1000 calls: good {good}; hostile {hostile}\n"
+            f"supervisor every {row['sample_every_s']:g} s (fds include the client's "
+            f"connections; descendants now, and the most seen in the window, polled every "
+            f"second: session leaders (instances, cgroup guard), others (forked children, "
+            f"detached grandchildren), zombies); answers by status in the window")
+
+
+def _soak_samples(samples: list[dict[str, Any]]) -> str:
+    statuses = sorted({status for sample in samples for status in sample["answers"]
+                       if status != "0"}, key=int)
+    body = [[("drained " if sample["phase"] == "drained" else "") + soak.clock(sample["t_s"]),
+             f"{sample['rss_mb']:.1f}", str(sample["fds"]), str(sample["threads"]),
+             str(sample["descendants"]), _census(sample["descendants_most"]),
+             *(f"{sample['answers'].get(status, 0):,}" for status in statuses),
+             f"{sample['answers'].get('0', 0):,}"]
+            for sample in samples]
+    return _table(["time", "RSS MB", "fds", "threads", "descendants", "most: lead/other/zombie",
+                   *statuses, "lost"], body)
+
+
+def _census(kinds: dict[str, int]) -> str:
+    return (f"{sum(kinds.values())}: "
+            f"{kinds.get('leaders', 0)}/{kinds.get('others', 0)}/{kinds.get('zombies', 0)}")
+
+
+def _soak_verdicts(row: dict[str, Any]) -> str:
+    found = row["verdicts"]
+    lines = [f"verdicts: {'PASSED' if found['passed'] else 'FAILED'} (flatness against the "
+             f"{soak.clock(found['rss']['baseline_t_s'])} sample, the first after the warm-up "
+             "window)"]
+    for key, what, unit in (("rss", "RSS", " MB"), ("fds", "fds", "")):
+        flat = found[key]
+        lines.append(
+            f"  {what} flat within ±{soak.FLAT_LIMIT_PCT:g} %: {_yes(flat['flat'])}, max "
+            f"deviation {flat['max_deviation_pct']:+.1f} % at {soak.clock(flat['at_t_s'])} "
+            f"(baseline {flat['baseline']:g}{unit}, range {flat['min']:g}-{flat['max']:g}{unit})")
+    tree = found["descendants"]
+    lines += [
+        f"  lost calls (no HTTP answer): {found['lost']:,} of {row['calls']:,}",
+        f"  answers other than the behaviour's own or 429: {found['unexpected']:,}",
+        f"  descendants ≤ {tree['bound']} (instances + spare + {soak.DESCENDANT_SLACK}): "
+        f"{_yes(tree['bounded'])}, most seen {tree['max']}",
+    ]
+    return "\n".join(lines)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _soak_behaviours(row: dict[str, Any]) -> str:
+    body = [[name, str(row["expected"][name]), f"{figures['calls']:,}",
+             "  ".join(f"{_status_name(status)}: {count:,}"
+                       for status, count in figures["statuses"].items()),
+             ", ".join(f"{kind} {count:,}" for kind, count in figures["error_types"].items())]
+            for name, figures in row["by_behaviour"].items()]
+    return "by behaviour\n" + _table(["do", "expected", "calls", "answers", "error types"],
+                                      body, left=1)
+
+
+def _soak_counts(row: dict[str, Any]) -> str:
+    latency = ", ".join(f"{_status_name(status)} {_ms(figures['p50'])}/{_ms(figures['p99'])}/"
+                        f"{_ms(figures['max'])}" for status, figures in row["latency_ms"].items())
+    lag = row["launch_lag_ms"]
+    calls = ", ".join(f"{outcome} {count:,.0f}" for outcome, count in row["metrics_calls"].items())
+    restarts = ", ".join(f"{reason} {count:,.0f}"
+                         for reason, count in row["metrics_restarts"].items() if count)
+    return (f"latency ms p50/p99/max by status: {latency}; launch lag (due → on a "
+            f"connection) p99 {_ms(lag.get('p99'))}, max {_ms(lag.get('max'))} ms; "
+            f"{row['connections_opened']:,} connections opened\n"
+            f"/metrics over the soak: sfsupervisor_calls_total {calls}; "
+            f"instance restarts {restarts or 'none'}")
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

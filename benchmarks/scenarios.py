@@ -54,4 +54,7 @@ COLDSTART_ENTRY = "slow_import.handler"
 RECOVERY_ENTRY = "crash.handler"
 MEMORY_ENTRY = "hello.handler"
 OTHER_SCENARIOS = ("coldstart", "recovery", "memory", "overload")
+# What runs when no scenario is named.
 SCENARIO_NAMES = (*LOAD_SCENARIOS, *OTHER_SCENARIOS)
+# Run only when named: `soak` takes 10 minutes and is no part of CI's smoke run.
+EXPLICIT_SCENARIOS = ("soak",)

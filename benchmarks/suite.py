@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import client, loadgen, overload, probes
+from benchmarks import client, loadgen, overload, probes, soak
 from benchmarks.progress import Progress
 from benchmarks.scenarios import (
     COLDSTART_ENTRY,
@@ -33,6 +33,7 @@ COLDSTART_PEERS = ("uvicorn", "gunicorn", "ff", "ff-asgi", "sfsupervisor")
 MEMORY_PEERS = COLDSTART_PEERS
 # The other servers have no admission control: under overload they queue without bound.
 OVERLOAD_PEERS = ("sfsupervisor",)
+SOAK_PEERS = OVERLOAD_PEERS
 SETTLE_PROBES = 3
 SETTLE_TIMEOUT_S = 60.0
 SETTLE_PAUSE_S = 0.05
@@ -54,6 +55,8 @@ class Settings:
     coldstart_repeats: int
     recovery_cycles: int
     overload_s: float
+    soak_s: float
+    soak_warmup_s: float
     quick: bool
 
 
@@ -64,7 +67,7 @@ class Suite:
         self.settings = settings
         self.results: dict[str, Any] = {
             "runs": [], "coldstart": [], "recovery": [], "memory": {}, "overload": [],
-            "failures": [], "logs": [],
+            "soak": [], "failures": [], "logs": [],
         }
         self._work = Path(tempfile.mkdtemp(prefix="sfs-bench-"))
         self._progress = Progress(self._count_steps())
@@ -112,6 +115,8 @@ class Suite:
                 steps += len(self._peers(MEMORY_PEERS)) + 1
             elif name == "overload":
                 steps += len(self._peers(OVERLOAD_PEERS))
+            elif name == "soak":
+                steps += len(self._peers(SOAK_PEERS))
         return steps
 
     def _peers(self, keys: tuple[str, ...]) -> list[Peer]:
@@ -294,6 +299,27 @@ class Suite:
                 self._fail("overload", peer, title, exc)
                 continue
             self.results["overload"].append({"server": peer.key, "label": title, **figures})
+
+    def _soak(self) -> None:
+        for peer in self._peers(SOAK_PEERS):
+            title = f"{peer.title(self.settings.instances)} {' '.join(soak.OPTIONS)}"
+            self._progress.begin(f"soak · {title} · {soak.clock(self.settings.soak_s)}")
+            # In the results from the start: an interrupted soak keeps the samples it took.
+            record: dict[str, Any] = {"server": peer.key, "label": title}
+            self.results["soak"].append(record)
+            try:
+                with self._server("soak", peer, soak.ENTRY, extra=soak.OPTIONS) as server:
+                    soak.run(server, self.settings.instances, self.settings.soak_s,
+                             self.settings.soak_warmup_s, record, self._progress.show)
+            except _FAILURES as exc:
+                self._fail("soak", peer, title, exc)
+                continue
+            if failed := soak.problems(record["verdicts"]):
+                self._fail("soak", peer, title, SoakFailed("; ".join(failed)))
+
+
+class SoakFailed(RuntimeError):
+    """The soak ran to the end, and a verdict failed (see its record)."""
 
 
 @dataclass(frozen=True)
