@@ -543,6 +543,17 @@ class OrphanReaper:
             if pid not in keep and pid not in self._reaping and pid not in self._own_children:
                 self._kill_and_reap(pid, children)
 
+    def reap_exited(self, keep: set[int]) -> None:
+        """Reap children of ours that have exited, other than `keep` (workers, whose exit their
+        instance collects): a daemon that ends on its own would stay a zombie otherwise."""
+        for pid in _own_children():
+            if pid not in keep and pid not in self._reaping and pid not in self._own_children \
+                    and _is_zombie(pid):
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
     def _kill_and_reap(self, pid: int, children: ChildrenMap) -> None:
         try:
             pidfd = os.pidfd_open(pid)
@@ -560,3 +571,21 @@ class OrphanReaper:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def _own_children() -> list[int]:
+    """Our direct children: from the kernel's list where it keeps one, else from all of /proc."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as listed:
+            return [int(pid) for pid in listed.read().split()]
+    except OSError:
+        return children_map().get(me, [])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False

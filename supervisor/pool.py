@@ -61,6 +61,8 @@ WATCHDOG_INTERVAL_S = 0.001
 TREE_RESCAN_TICKS = 50
 # Orphans of dead instances are looked for at most this often (a look scans /proc).
 ORPHAN_SWEEP_DELAY_S = 0.05
+# Exited children that are no instance's (daemons a function detached) are reaped this often.
+ZOMBIE_SWEEP_S = 1.0
 _USABLE = (State.STARTING, State.IDLE, State.BUSY)
 _ACTIVE = (State.STARTING, State.BUSY)
 
@@ -92,6 +94,7 @@ class Pool:
         self._watchdog_ticks = 0
         self._queue_timer: asyncio.TimerHandle | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
+        self._zombie_timer: asyncio.TimerHandle | None = None
         # When workers last started failing to start at all (None: the last start worked).
         self._starts_failing_since: float | None = None
         self._reaper = OrphanReaper(self._loop, set(helpers))
@@ -108,6 +111,7 @@ class Pool:
         """Spawn the instances; calls may arrive at once and wait for the first READY."""
         self._started_at = self._loop.time()
         self._fill()
+        self._zombie_timer = self._loop.call_later(ZOMBIE_SWEEP_S, self._reap_zombies)
 
     def submit(self, call: Call) -> None:
         """Start the call on a free instance, or queue it; its outcome comes in call.future.
@@ -203,7 +207,7 @@ class Pool:
         """Stopping: answer waiting calls with SHUTDOWN and retire every instance."""
         self._stopping = True
         for timer in (self._retry_timer, self._watchdog_timer, self._sweep_timer,
-                      self._queue_timer):
+                      self._queue_timer, self._zombie_timer):
             if timer is not None:
                 timer.cancel()
         self._fail_waiting(Outcome(Ending.SHUTDOWN))
@@ -394,6 +398,10 @@ class Pool:
                 active = active or instance.state in _ACTIVE
         if active:
             self._watch_memory()
+
+    def _reap_zombies(self) -> None:
+        self._reaper.reap_exited(keep={i.pid for i in self._instances.values()})
+        self._zombie_timer = self._loop.call_later(ZOMBIE_SWEEP_S, self._reap_zombies)
 
     def _sweep_orphans(self) -> None:
         self._sweep_timer = None
