@@ -40,6 +40,10 @@ UID_LOCKS = Path("/run/sfsupervisor/uids")
 PROBE_TIMEOUT_S = 20.0
 _TMP_PREFIX = "sfsupervisor-"
 _PR_SET_DUMPABLE = 4
+# The supervisor's own interpreter settings, passed on so that workers run the same interpreter
+# the same way (PYTHONDONTWRITEBYTECODE: a cached .pyc of a file saved within the same second
+# would otherwise survive a reload).
+_INTERPRETER_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE")
 NONE_LEAVES_OPEN = ("functions run as the supervisor's user: they can signal the supervisor "
                     "and each other, read each other's files and see every process")
 
@@ -213,8 +217,7 @@ def spawn_environment() -> dict[str, str]:
     the platform's preloaded runtime does; the interpreter's variables are passed on so that
     the worker runs exactly the supervisor's interpreter and runtime.
     """
-    kept = {name: os.environ[name] for name in ("PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH")
-            if name in os.environ}
+    kept = {name: os.environ[name] for name in _INTERPRETER_VARIABLES if name in os.environ}
     return {"PATH": default_path(), "LANG": "C.UTF-8", **kept}
 
 
