@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_helpers import Launch, Supervisor, supervisor_launcher
+from e2e_helpers import Launch, Supervisor, shared_directory, supervisor_launcher
 
 ROUTER_ENV_FILE = """\
 # comment lines and blank lines are ignored
@@ -59,6 +59,14 @@ def router(
 def router_pool(launch_session_supervisor: Launch) -> Supervisor:
     """router.handler on four instances with JSON logs and otherwise default options."""
     return launch_session_supervisor("router.handler", "--instances", "4", "--log-format", "json")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the test shares with its functions, in every sandbox tier: world-writable,
+    outside the instances' private /tmp (see `shared_directory`); removed after the test."""
+    with shared_directory() as directory:
+        yield directory
 
 
 @pytest.fixture

@@ -1,4 +1,14 @@
-"""Start, call, read the log of and stop the real `sfsupervisor` command (end-to-end tests)."""
+"""Start, call, read the log of and stop the real `sfsupervisor` command (end-to-end tests).
+
+What a function reports of itself is only good for comparing instances (its `identity`, see
+functions/instance_id.py): in the `ns` sandbox tier its pid is one of its own PID namespace, and
+what it starts runs as another uid. So the host's view of an instance comes from the supervisor:
+a call's START line names its instance, and the instance's `ready (pid P, ...)` line gives the
+pid of the process the supervisor started (`ready_pids`, `serving_pid`). That process is the
+supervisor's child in every tier; in the `ns` tier it is the keeper outside the namespaces, with
+the namespace's init below it and the serving process below that (`pool_tree`). Processes a
+function starts are found by a tag on their command line (`tagged_processes`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +18,18 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import psutil
@@ -39,6 +51,15 @@ ENFORCED_BY = {"watchdog": "enforced by watchdog", "cgroup": "enforced by cgroup
 NO_CGROUP = "no writable memory cgroup"
 SERVING = " serving "  # the startup line, which says how the memory limit is enforced
 REPORTED_REQUEST_ID = re.compile(r"REPORT RequestID: (\S+)")
+READY_LINE = re.compile(r"instance (\d+) ready \(pid (\d+),")
+# The startup line (`serving ENTRY from DIR on URL with ..., sandbox TIER (...)`) and its tier.
+STARTUP_TIER = re.compile(r"\bserving \S+ from .* on http.*, sandbox (ns|uid|none)\b")
+SANDBOX_ERROR = "sfsupervisor: error:"
+# The processes of one instance, in a chain from the supervisor's child down: in `ns` the keeper,
+# the namespace's init and the serving process; otherwise the serving process alone.
+PROCESSES_PER_INSTANCE = {"ns": 3, "uid": 1, "none": 1}
+# Where the tests share files with functions: not /tmp, which is private to an instance in `ns`.
+SHARED_DIR_PARENT = Path("/var/tmp")
 
 T = TypeVar("T")
 
@@ -146,6 +167,106 @@ def process_gone(pid: int, timeout_s: float = REAP_DEADLINE_S) -> bool:
     return True
 
 
+def live_children(process: psutil.Process) -> list[psutil.Process]:
+    """The process's children that still run (none once it is gone)."""
+    try:
+        return [child for child in process.children() if is_alive(child)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def live_descendants_of(process: psutil.Process) -> list[psutil.Process]:
+    """The process's descendants that still run (none once it is gone)."""
+    try:
+        return [child for child in process.children(recursive=True) if is_alive(child)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def describe(process: psutil.Process) -> str:
+    """A pid with its command line, for failure messages."""
+    try:
+        return f"{process.pid} {process.cmdline()}"
+    except psutil.Error:
+        return str(process.pid)
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    """The running processes with `tag` on their command line, anywhere on the host.
+
+    Test functions put a tag (their argv[0], say) on the processes they start: a pid they could
+    report is one of their PID namespace in the `ns` tier, and files they could write them to
+    are out of reach of their uid.
+    """
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if tag in (process.info["cmdline"] or []) and \
+                process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+def wait_tagged(tag: str, count: int, timeout_s: float) -> list[psutil.Process]:
+    """Wait until `count` processes tagged `tag` have been seen running; all of them seen.
+
+    They need not run at the same time: a process seen once is kept, so that the caller can
+    check later that every one of them is gone.
+    """
+    seen: set[psutil.Process] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(seen)} of {count} processes tagged {tag} seen in {timeout_s} s",
+                        pytrace=False)
+        seen.update(tagged_processes(tag))
+        time.sleep(POLL_INTERVAL_S)
+    return sorted(seen, key=lambda process: process.pid)
+
+
+def assert_processes_gone(processes: Iterable[psutil.Process],
+                          timeout_s: float = REAP_DEADLINE_S) -> None:
+    """Every one of `processes` finishes within `timeout_s` (those left are then killed)."""
+    deadline = time.monotonic() + timeout_s
+    while left := [process for process in processes if is_alive(process)]:
+        if time.monotonic() > deadline:
+            described = [describe(process) for process in left]
+            for process in left:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            pytest.fail(f"still running after {timeout_s} s: {described}", pytrace=False)
+        time.sleep(POLL_INTERVAL_S)
+
+
+@contextlib.contextmanager
+def shared_directory() -> Iterator[Path]:
+    """A directory that the tests and every function share, removed on exit.
+
+    Outside /tmp and /dev/shm (private to each instance in the `ns` tier) and writable by all
+    (functions run as a uid of their own in the `ns` and `uid` tiers), with the sticky bit.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="sfsupervisor-tests-", dir=SHARED_DIR_PARENT))
+    try:
+        directory.chmod(0o1777)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def shared_file(directory: Path, name: str) -> Path:
+    """An empty file in a `shared_directory` that any function's uid may append to."""
+    path = directory / name
+    path.touch()
+    path.chmod(0o666)
+    return path
+
+
+def unavailable_here(what: str) -> NoReturn:
+    """What this machine cannot do skips the test, but fails it in CI (CI must provide it)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}; CI must run this test", pytrace=False)
+    pytest.skip(what)
+
+
 @dataclass(frozen=True)
 class RawExchange:
     """One HTTP exchange sent with http.client, with exactly the headers given."""
@@ -184,6 +305,12 @@ class Supervisor:
         """The supervisor's own pid."""
         assert self._process is not None
         return self._process.pid
+
+    @property
+    def json_log(self) -> bool:
+        """Whether it logs JSON lines (--log-format json) rather than text."""
+        return any(self.argv[index:index + 2] == ["--log-format", "json"]
+                   for index in range(len(self.argv)))
 
     def start(self, wait_instances: bool) -> None:
         """Start the command; wait for its port and, if asked, for the `instances ready` line."""
@@ -386,6 +513,93 @@ class Supervisor:
             time.sleep(POLL_INTERVAL_S)
 
 
+def ready_pids(log: str) -> dict[int, int]:
+    """Instance id -> the pid of its worker, from the `instance N ready (pid P, ...)` lines.
+
+    That pid is the process the supervisor started: its child in every tier, the leader of the
+    instance's process group and session, and, in the `ns` tier, the keeper outside the
+    namespaces (it ends as the instance ends, and killing it kills the instance).
+    """
+    return {int(match[1]): int(match[2])
+            for line in complete_lines(log) if (match := READY_LINE.search(line))}
+
+
+def call_instance(supervisor: Supervisor, request_id: str) -> int:
+    """The instance that served a call, from the call's START line (text or JSON log)."""
+    if supervisor.json_log:
+        records = supervisor.wait_for_reports([request_id])
+        return only_runtime_line(records, "START", request_id)[1]["instance"]
+    log = supervisor.wait_for_text(f"REPORT RequestID: {request_id} ")
+    escaped = re.escape(request_id)
+    starts = re.findall(rf"\[(\d+) {escaped}\] START RequestID: {escaped} ", log)
+    assert len(starts) == 1, f"{len(starts)} START lines for {request_id}"
+    return int(starts[0])
+
+
+def serving_pid(supervisor: Supervisor, response: httpx.Response) -> int:
+    """The pid of the worker that served a call (see `ready_pids`): the call's X-Request-Id
+    names its START line, which names its instance, whose READY line gives the pid."""
+    instance = call_instance(supervisor, response.headers["X-Request-Id"])
+    return ready_pids(supervisor.log_text())[instance]
+
+
+def sandbox_tier(supervisor: Supervisor) -> str:
+    """The sandbox tier in force (ns, uid or none), as the startup line names it."""
+    log = supervisor.log_text()
+    match = STARTUP_TIER.search(log)
+    assert match, f"no startup line naming the sandbox tier in:\n{log[:2000]}"
+    return match[1]
+
+
+def instance_trees(supervisor: Supervisor) -> dict[psutil.Process, list[psutil.Process]]:
+    """Each live child of the supervisor (its guard excepted) -> its live descendants.
+
+    The children are the workers the supervisor started, and anything the supervisor adopted
+    as a subreaper (a daemon that double-forked out of a worker outside a PID namespace).
+    """
+    return {child: live_descendants_of(child)
+            for child in live_children(psutil.Process(supervisor.pid)) if not is_guard(child)}
+
+
+@dataclass(frozen=True)
+class PoolTree:
+    """The supervisor's live processes: its ready workers' own, and every other one."""
+
+    # A ready worker's pid -> the instance's processes in the tier's chain (worker first).
+    workers: dict[int, list[psutil.Process]]
+    # Every other live descendant but the guard: processes a function started that are still
+    # there, instances not ready (yet), or processes a dead worker left.
+    others: list[psutil.Process]
+
+
+def pool_tree(supervisor: Supervisor) -> PoolTree:
+    """Group the supervisor's live descendants by ready worker (see PoolTree).
+
+    A ready worker's instance is the chain of PROCESSES_PER_INSTANCE[tier] processes below it
+    and itself, each the only child of the one above; any other process below it is not the
+    instance's own.
+    """
+    ready = set(ready_pids(supervisor.log_text()).values())
+    length = PROCESSES_PER_INSTANCE[sandbox_tier(supervisor)]
+    workers: dict[int, list[psutil.Process]] = {}
+    others: list[psutil.Process] = []
+    for child, below in instance_trees(supervisor).items():
+        chain = instance_chain(child, length) if child.pid in ready else []
+        if chain:
+            workers[child.pid] = chain
+        others += [process for process in [child, *below] if process not in chain]
+    return PoolTree(workers, others)
+
+
+def instance_chain(worker: psutil.Process, length: int) -> list[psutil.Process]:
+    """`worker` and the processes below it, each the only live child of the one above, up to
+    `length` processes in all."""
+    chain = [worker]
+    while len(chain) < length and len(children := live_children(chain[-1])) == 1:
+        chain += children
+    return chain
+
+
 @dataclass(frozen=True)
 class Scrape:
     """The samples of one /metrics scrape: (sample name, labels) -> value."""
@@ -492,6 +706,29 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
         problems = [problem for supervisor in launched for problem in supervisor.stop()]
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
+
+
+@functools.cache
+def sandbox_unavailable(tier: str) -> str | None:
+    """Why `--sandbox tier` cannot start on this machine (its one error line); None when it can."""
+    argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0",
+            "--instances", "1", "--spares", "0", "--sandbox", tier, "hostile.handler"]
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("SFSUPERVISOR_")}
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=FUNCTIONS_DIR) as probe:
+        assert probe.stderr is not None
+        line = next((line for line in probe.stderr if SANDBOX_ERROR in line or SERVING in line),
+                    "")
+        if SERVING not in line:
+            code = probe.wait(STOP_DEADLINE_S)
+            assert code == 2 and line.startswith(SANDBOX_ERROR), f"exit code {code}, {line!r}"
+            return line.strip()
+        probe.send_signal(signal.SIGTERM)
+        probe.communicate(timeout=STOP_DEADLINE_S)
+    assert f"sandbox {tier}" in line, line
+    return None
 
 
 @functools.cache

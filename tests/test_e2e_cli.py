@@ -4,10 +4,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
-from e2e_helpers import PYTHON_M_SUPERVISOR, Launch, Supervisor, free_port, ok_json
+from e2e_helpers import (
+    PYTHON_M_SUPERVISOR,
+    Launch,
+    Supervisor,
+    free_port,
+    is_alive,
+    ok_json,
+    tagged_processes,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -77,7 +86,7 @@ def test_listening_address_is_printed(script_server: Supervisor) -> None:
 
 
 def test_default_text_log_has_runtime_lines(script_server: Supervisor) -> None:
-    response = script_server.call("pid")
+    response = script_server.call("identity")
     request_id = response.headers["X-Request-Id"]
     log = script_server.wait_for_text(f"REPORT RequestID: {request_id} ")
     assert f"START RequestID: {request_id} Version: " in log
@@ -86,13 +95,16 @@ def test_default_text_log_has_runtime_lines(script_server: Supervisor) -> None:
 
 def test_sigint_stops_the_workers_and_exits_0(launch_supervisor: Launch) -> None:
     supervisor = launch_supervisor("router.handler", "--instances", "2")
-    ok_json(supervisor.call("pid"))
+    ok_json(supervisor.call("identity"))
     assert len(supervisor.descendants) >= 2
     assert supervisor.stop(signal.SIGINT) == []
 
 
 def test_stop_ends_processes_started_by_the_function(launch_supervisor: Launch) -> None:
     supervisor = launch_supervisor("router.handler")
-    child_pid = ok_json(supervisor.call("spawn_detached"))["child_pid"]
-    assert child_pid in {process.pid for process in supervisor.descendants}
+    tag = f"detached-{uuid.uuid4().hex}"
+    ok_json(supervisor.call("spawn_detached", tag=tag))
+    [child] = tagged_processes(tag)
+    assert child in supervisor.descendants
     assert supervisor.stop() == []
+    assert not is_alive(child)

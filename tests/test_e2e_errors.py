@@ -8,10 +8,12 @@ import pytest
 from e2e_helpers import (
     Launch,
     Supervisor,
+    call_instance,
     ok_json,
     only_runtime_line,
     process_gone,
     runtime_line_sequence,
+    serving_pid,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,9 +44,9 @@ def fragile(launch_module_supervisor: Launch) -> Supervisor:
     )
 
 
-def pid_of(response: httpx.Response) -> int:
-    """The pid a router action reported."""
-    return ok_json(response)["pid"]
+def identity_of(response: httpx.Response) -> str:
+    """The instance identity a router action reported (see functions/instance_id.py)."""
+    return ok_json(response)["identity"]
 
 
 def assert_function_error(response: httpx.Response, status: int) -> dict:
@@ -65,14 +67,8 @@ def assert_error_logged(supervisor: Supervisor, response: httpx.Response, status
     assert re.fullmatch(pattern, error_line["message"]), error_line["message"]
 
 
-def instance_of_call(supervisor: Supervisor, request_id: str) -> int:
-    """The instance id on the START line of a call."""
-    records = supervisor.wait_for_reports([request_id])
-    return only_runtime_line(records, "START", request_id)[1]["instance"]
-
-
 def test_handler_exception_gives_502_and_the_instance_keeps_serving(router: Supervisor) -> None:
-    pid_before = pid_of(router.call("pid"))
+    before = identity_of(router.call("identity"))
     response = router.call("raise", message="boom-e2e")
     error = assert_function_error(response, 502)
     assert set(error) == ERROR_KEYS
@@ -80,7 +76,7 @@ def test_handler_exception_gives_502_and_the_instance_keeps_serving(router: Supe
     assert error["errorMessage"] == "boom-e2e"
     assert all(isinstance(frame, str) for frame in error["stackTrace"])
     assert any("router.py" in frame for frame in error["stackTrace"]), error["stackTrace"]
-    assert pid_of(router.call("pid")) == pid_before
+    assert identity_of(router.call("identity")) == before
 
 
 def test_handler_exception_is_logged_as_error(router: Supervisor) -> None:
@@ -116,13 +112,14 @@ def test_import_error_names_the_missing_module(launch_supervisor: Launch) -> Non
 
 
 def test_timeout_gives_504_then_a_fresh_instance(fragile: Supervisor) -> None:
-    pid_before = pid_of(fragile.call("pid"))
+    served = fragile.call("identity")
+    before, pid_before = identity_of(served), serving_pid(fragile, served)
     started = time.monotonic()
     response = fragile.call("sleep", seconds=10)
     elapsed_s = time.monotonic() - started
     assert assert_function_error(response, 504) == TIMEOUT_BODY
     assert FRAGILE_TIMEOUT_S - 0.1 <= elapsed_s < FRAGILE_TIMEOUT_S + 1.5
-    assert pid_of(fragile.call("pid")) != pid_before
+    assert identity_of(fragile.call("identity")) != before
     assert process_gone(pid_before), f"timed-out instance {pid_before} still runs"
 
 
@@ -144,11 +141,12 @@ def test_timeout_is_logged_as_error(fragile: Supervisor) -> None:
 def test_crash_gives_502_then_a_fresh_instance(
     fragile: Supervisor, action: str, cause: str
 ) -> None:
-    pid_before = pid_of(fragile.call("pid"))
+    served = fragile.call("identity")
+    before, pid_before = identity_of(served), serving_pid(fragile, served)
     error = assert_function_error(fragile.call(action), 502)
     assert error["errorType"] == "InstanceCrashed"
     assert cause in error["errorMessage"], error["errorMessage"]
-    assert pid_of(fragile.call("pid")) != pid_before
+    assert identity_of(fragile.call("identity")) != before
     assert process_gone(pid_before), f"crashed instance {pid_before} still runs"
 
 
@@ -156,10 +154,10 @@ def test_crash_is_logged_and_another_instance_serves_next(fragile: Supervisor) -
     crash = fragile.call("exit_3")
     assert crash.status_code == 502
     assert_error_logged(fragile, crash, 502)
-    recovery = fragile.call("pid")
+    recovery = fragile.call("identity")
     assert recovery.status_code == 200
-    crashed_instance = instance_of_call(fragile, crash.headers["X-Request-Id"])
-    replacement_instance = instance_of_call(fragile, recovery.headers["X-Request-Id"])
+    crashed_instance = call_instance(fragile, crash.headers["X-Request-Id"])
+    replacement_instance = call_instance(fragile, recovery.headers["X-Request-Id"])
     # A warm spare (or the crashed instance's replacement) serves next, never the dead one.
     assert replacement_instance != crashed_instance
 
@@ -170,5 +168,5 @@ def test_first_call_timeout_includes_instance_init(launch_supervisor: Launch) ->
     )
     first = supervisor.request("GET", "/", params={"seconds": SLOW_CALL_S})
     assert assert_function_error(first, 504) == TIMEOUT_BODY
-    warm_pid = pid_of(supervisor.request("GET", "/", params={"seconds": 0}))
-    assert pid_of(supervisor.request("GET", "/", params={"seconds": SLOW_CALL_S})) == warm_pid
+    warm = identity_of(supervisor.request("GET", "/", params={"seconds": 0}))
+    assert identity_of(supervisor.request("GET", "/", params={"seconds": SLOW_CALL_S})) == warm

@@ -4,8 +4,14 @@ Each hostile behaviour of functions/hostile.py runs on a supervisor with 2 insta
 while well-behaved calls keep going in parallel on the same pool. For each: the hostile call gets
 its status and error type, every parallel call succeeds, the next call works (on a fresh instance
 when the hostile one was killed), the supervisor's memory stays bounded, and no process the call
-started is left. Everything runs under both memory enforcements: the watchdog, and a cgroup
-where this machine lets the supervisor make one.
+started is left. Everything runs under combinations of the memory enforcement (the watchdog, or
+a cgroup where this machine lets the supervisor make one) and the sandbox tier (`ns`, `uid`,
+`none`), each named explicitly: a tier this machine cannot give is skipped, but fails in CI.
+
+The instance that served a call and its process are read from the supervisor's log (its START
+and READY lines): what a function could report of itself is seen from inside its sandbox. The
+processes a hostile call starts carry its tag on their command line, so the test sees them from
+the host, checks that they ran, then that every one of them is gone.
 """
 
 from __future__ import annotations
@@ -27,22 +33,31 @@ import pytest
 from e2e_helpers import (
     ENFORCED_BY,
     POLL_INTERVAL_S,
+    PROCESSES_PER_INSTANCE,
     REAP_DEADLINE_S,
     REQUEST_TIMEOUT_S,
     Launch,
     Supervisor,
+    assert_processes_gone,
     cgroup_unavailable,
-    is_alive,
-    is_guard,
+    describe,
+    instance_trees,
     ok_json,
-    only_runtime_line,
+    pool_tree,
     process_gone,
+    sandbox_tier,
+    sandbox_unavailable,
+    serving_pid,
     supervisor_launcher,
+    unavailable_here,
+    wait_tagged,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
-TIMEOUT_S = 2
+# The deadline of the matrix's calls: every fault but the timeouts ends well before it (the
+# memory faults included), and six timeouts per combination keep the module short.
+TIMEOUT_S = 1.5
 MEMORY_MB = 64
 INSTANCES = 2
 SPARES = 1
@@ -61,7 +76,6 @@ SUPERVISOR_GROWTH_BYTES = 25 * 1024 * 1024
 SERVE_AGAIN_ROUNDS = 5
 HOLD_S = 0.2
 FIRST_GOOD_CALL_WAIT_S = 10.0
-READY_LINE = re.compile(r"instance (\d+) ready \(pid (\d+)")
 LINE_CUT_NOTE = re.compile(r" \[line cut: (\d+) more bytes dropped\]$")
 MAX_LINE_BYTES = 64 * 1024
 BOOT_FAILURE_LINE = re.compile(r"failed to initialize|initialization failing")
@@ -80,7 +94,7 @@ class Fault:
     error_types: tuple[str, ...] = ()
     message: str = ""  # a part of the errorMessage
     kills_instance: bool = True
-    spawns: int = 0  # processes the call starts and records in its pid file
+    spawns: int = 0  # processes the call starts, each tagged with the call's `?tag=`
     stdout_bytes: int = 0  # what the call writes to stdout, all cut into long lines
 
 
@@ -114,44 +128,59 @@ FAULTS = [
 # -- starting supervisors ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=sorted(ENFORCED_BY))
-def enforcement(request: pytest.FixtureRequest) -> str:
-    """How the memory limit is enforced: `watchdog`, or `cgroup` where one can be made."""
-    if request.param == "cgroup" and (reason := cgroup_unavailable()):
+@dataclass(frozen=True)
+class Isolation:
+    """How a supervisor of the matrix bounds its instances: memory enforcement and sandbox."""
+
+    enforcement: str  # --memory-enforcement: watchdog or cgroup
+    sandbox: str  # --sandbox: ns, uid or none
+
+    def __str__(self) -> str:
+        return f"{self.enforcement}-{self.sandbox}"
+
+
+# A cgroup under each tier that keeps a uid per instance, the watchdog under the strongest tier
+# and under none (the functions' own uid, as before the sandbox).
+ISOLATIONS = [Isolation("watchdog", "ns"), Isolation("cgroup", "ns"), Isolation("cgroup", "uid"),
+              Isolation("watchdog", "none")]
+
+
+@pytest.fixture(scope="module", params=ISOLATIONS, ids=str)
+def isolation(request: pytest.FixtureRequest) -> Isolation:
+    """The enforcement and sandbox of the module's supervisors; skipped where this machine
+    cannot give them (a missing sandbox tier fails in CI instead)."""
+    chosen: Isolation = request.param
+    if chosen.enforcement == "cgroup" and (reason := cgroup_unavailable()):
         pytest.skip(f"--memory-enforcement cgroup cannot start here: {reason}")
-    return request.param
+    if reason := sandbox_unavailable(chosen.sandbox):
+        unavailable_here(f"--sandbox {chosen.sandbox} cannot start here: {reason}")
+    return chosen
 
 
-def supervisor_options(enforcement: str, *extra: str, timeout_s: float = TIMEOUT_S) -> list[str]:
+def supervisor_options(isolation: Isolation, *extra: str,
+                       timeout_s: float = TIMEOUT_S) -> list[str]:
     """The matrix's command-line options, then `extra`."""
     return [
         "--instances", str(INSTANCES), "--spares", str(SPARES), "--timeout", str(timeout_s),
-        "--memory", str(MEMORY_MB), "--memory-enforcement", enforcement,
-        "--log-format", "json", *extra,
+        "--memory", str(MEMORY_MB), "--memory-enforcement", isolation.enforcement,
+        "--sandbox", isolation.sandbox, "--log-format", "json", *extra,
     ]
 
 
-def launch_hostile(launch: Launch, enforcement: str, pid_dir: Path, *extra: str) -> Supervisor:
-    """hostile.handler with the matrix's options; checks which enforcement is in force."""
-    supervisor = launch(
-        "hostile.handler", *supervisor_options(enforcement, "--env", f"HOSTILE_DIR={pid_dir}"),
-        *extra,
-    )
-    assert ENFORCED_BY[enforcement] in supervisor.log_text(), supervisor.log_tail()
+def launch_hostile(launch: Launch, isolation: Isolation, *extra: str) -> Supervisor:
+    """hostile.handler with the matrix's options; checks the enforcement and tier in force."""
+    supervisor = launch("hostile.handler", *supervisor_options(isolation, *extra))
+    assert ENFORCED_BY[isolation.enforcement] in supervisor.log_text(), supervisor.log_tail()
+    assert sandbox_tier(supervisor) == isolation.sandbox, supervisor.log_tail()
     return supervisor
 
 
 @pytest.fixture(scope="module")
-def pid_dir(enforcement: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the matrix's hostile calls write their pid files (and its supervisor its logs)."""
-    return tmp_path_factory.mktemp(f"hostile-{enforcement}")
-
-
-@pytest.fixture(scope="module")
-def hostile(enforcement: str, pid_dir: Path) -> Iterator[Supervisor]:
-    """hostile.handler on 2 instances + 1 spare, shared by the matrix of one enforcement."""
-    with supervisor_launcher(pid_dir) as launch:
-        yield launch_hostile(launch, enforcement, pid_dir)
+def hostile(isolation: Isolation,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
+    """hostile.handler on 2 instances + 1 spare, shared by the matrix of one isolation."""
+    with supervisor_launcher(tmp_path_factory.mktemp(f"hostile-{isolation}")) as launch:
+        yield launch_hostile(launch, isolation)
 
 
 # -- reading what happened -----------------------------------------------------------------------
@@ -162,23 +191,6 @@ def function_error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, f"{response.status_code}: {response.text[:2000]}"
     assert response.headers["X-Function-Error"] == "true"
     return response.json()
-
-
-def worker_pids(records: list[dict[str, Any]]) -> dict[int, int]:
-    """Instance id -> worker pid, from the `instance N ready (pid P, ...)` lines."""
-    pids = {}
-    for record in records:
-        if match := READY_LINE.search(str(record.get("message", ""))):
-            pids[int(match.group(1))] = int(match.group(2))
-    return pids
-
-
-def serving_pid(supervisor: Supervisor, response: httpx.Response) -> int:
-    """The pid of the worker that served a call (its instance is on the call's START line)."""
-    request_id = response.headers["X-Request-Id"]
-    records = supervisor.wait_for_reports([request_id])
-    instance = only_runtime_line(records, "START", request_id)[1]["instance"]
-    return worker_pids(records)[instance]
 
 
 def assert_stdout_cut(supervisor: Supervisor, response: httpx.Response, written: int) -> None:
@@ -199,58 +211,39 @@ def assert_stdout_cut(supervisor: Supervisor, response: httpx.Response, written:
     assert kept + dropped == written, f"{kept} bytes kept + {dropped} dropped != {written}"
 
 
-def recorded_pids(pid_dir: Path, tag: str) -> list[int]:
-    """The pids a hostile call wrote to its pid file."""
-    return [int(line) for line in (pid_dir / f"{tag}.pids").read_text().split()]
-
-
-def live_descendants(supervisor: Supervisor) -> list[psutil.Process]:
-    """The supervisor's descendants that still run (zombies and its own guard excluded)."""
-    try:
-        tree = psutil.Process(supervisor.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    return [process for process in tree if is_alive(process) and not is_guard(process)]
-
-
-def describe(process: psutil.Process) -> str:
-    """A pid with its command line, for failure messages."""
-    try:
-        return f"{process.pid} {process.cmdline()}"
-    except psutil.Error:
-        return str(process.pid)
-
-
 def assert_only_workers_remain(supervisor: Supervisor) -> None:
-    """Wait until the tree is just the pool: at most POOL_SIZE processes, each a ready worker.
+    """Wait until the tree is just the pool: at most POOL_SIZE ready workers, each with only
+    the processes its sandbox tier makes (see e2e_helpers.pool_tree), and nothing else.
 
     Strays (processes a hostile call left) are killed after a failed wait, so that one broken
     behaviour does not spill into the next test.
     """
     deadline = time.monotonic() + REAP_DEADLINE_S
     while True:
-        tree = live_descendants(supervisor)
-        workers = set(worker_pids(supervisor.log_records()).values())
-        strays = [process for process in tree if process.pid not in workers]
-        if not strays and len(tree) <= POOL_SIZE:
+        tree = pool_tree(supervisor)
+        if not tree.others and len(tree.workers) <= POOL_SIZE:
             return
         if time.monotonic() > deadline:
-            for process in strays:
+            workers = {pid: [describe(p) for p in chain] for pid, chain in tree.workers.items()}
+            strays = [describe(process) for process in tree.others]
+            for process in tree.others:
                 with contextlib.suppress(psutil.Error):
                     process.kill()
-            pytest.fail(f"the tree is not back to the pool: {[describe(p) for p in tree]}, "
-                        f"strays {[describe(p) for p in strays]}", pytrace=False)
+            pytest.fail(f"the tree is not back to the pool: workers {workers}, strays {strays}",
+                        pytrace=False)
         time.sleep(POLL_INTERVAL_S)
 
 
-def assert_gone(pids: list[int], timeout_s: float = REAP_DEADLINE_S) -> None:
-    """Every process of `pids` finishes within `timeout_s` (those left are then killed)."""
-    deadline = time.monotonic() + timeout_s
-    left = [pid for pid in pids if not process_gone(pid, max(0.0, deadline - time.monotonic()))]
-    for pid in left:
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
-    assert not left, f"still running after {timeout_s} s: {left}"
+def assert_pool_bounded(supervisor: Supervisor) -> list[psutil.Process]:
+    """At most POOL_SIZE instances below the supervisor, none with more processes than its
+    sandbox tier makes; returns all their processes."""
+    per_instance = PROCESSES_PER_INSTANCE[sandbox_tier(supervisor)]
+    trees = instance_trees(supervisor)
+    processes = [process for child, below in trees.items() for process in [child, *below]]
+    described = [describe(process) for process in processes]
+    assert len(trees) <= POOL_SIZE, described
+    assert all(len(below) < per_instance for below in trees.values()), described
+    return processes
 
 
 # -- the supervisor's own memory -----------------------------------------------------------------
@@ -337,16 +330,19 @@ def assert_hostile_answer(response: httpx.Response, fault: Fault, elapsed_s: flo
 
 
 def parallel_call_pids(supervisor: Supervisor) -> list[int]:
-    """The pids answering INSTANCES `?do=ok` calls sent at once, each holding its instance."""
+    """The worker pids serving INSTANCES `?do=ok` calls sent at once, each holding its
+    instance (read from the log, see e2e_helpers.serving_pid)."""
     url = f"http://127.0.0.1:{supervisor.port}/"
 
-    def call(_: int) -> int:
-        params = {"do": "ok", "hold": HOLD_S}
-        return ok_json(httpx.get(url, params=params, timeout=REQUEST_TIMEOUT_S,
-                                 trust_env=False))["pid"]
+    def call(_: int) -> httpx.Response:
+        response = httpx.get(url, params={"do": "ok", "hold": HOLD_S},
+                             timeout=REQUEST_TIMEOUT_S, trust_env=False)
+        ok_json(response)
+        return response
 
     with ThreadPoolExecutor(INSTANCES) as executor:
-        return list(executor.map(call, range(INSTANCES)))
+        responses = list(executor.map(call, range(INSTANCES)))
+    return [serving_pid(supervisor, response) for response in responses]
 
 
 def assert_next_call_works(supervisor: Supervisor, fault: Fault, hostile_pid: int) -> None:
@@ -356,8 +352,9 @@ def assert_next_call_works(supervisor: Supervisor, fault: Fault, hostile_pid: in
     instances are sent until one lands on it.
     """
     if fault.kills_instance:
-        next_pid = ok_json(supervisor.request("GET", "/", params={"do": "ok"}))["pid"]
-        assert next_pid != hostile_pid
+        response = supervisor.request("GET", "/", params={"do": "ok"})
+        ok_json(response)
+        assert serving_pid(supervisor, response) != hostile_pid
         assert process_gone(hostile_pid), f"the hostile instance {hostile_pid} still runs"
         return
     served = []
@@ -368,15 +365,26 @@ def assert_next_call_works(supervisor: Supervisor, fault: Fault, hostile_pid: in
     pytest.fail(f"instance {hostile_pid} served none of the next calls ({served})")
 
 
+def call_hostile(supervisor: Supervisor, fault: Fault,
+                 tag: str) -> tuple[httpx.Response, float, list[psutil.Process]]:
+    """Make the hostile call; its response, how long it took, and the processes it started
+    (each seen running on the host while the call went on)."""
+    with ThreadPoolExecutor(1) as caller:
+        started = time.monotonic()
+        call = caller.submit(supervisor.request, "GET", "/", params={"do": fault.do, "tag": tag})
+        spawned = wait_tagged(tag, fault.spawns, TIMEOUT_S) if fault.spawns else []
+        response = call.result()
+        elapsed_s = time.monotonic() - started
+    return response, elapsed_s, spawned
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.do for fault in FAULTS])
-def test_hostile_call_fails_alone(hostile: Supervisor, pid_dir: Path, fault: Fault) -> None:
-    tag = uuid.uuid4().hex
+def test_hostile_call_fails_alone(hostile: Supervisor, fault: Fault) -> None:
+    tag = f"hostile-{uuid.uuid4().hex}"
     rss_before = psutil.Process(hostile.pid).memory_info().rss
     reset_peak_rss(hostile.pid)
     with GoodCalls(hostile) as good:
-        started = time.monotonic()
-        response = hostile.request("GET", "/", params={"do": fault.do, "tag": tag})
-        elapsed_s = time.monotonic() - started
+        response, elapsed_s, spawned = call_hostile(hostile, fault, tag)
     assert_hostile_answer(response, fault, elapsed_s)
     assert not good.failures, f"{len(good.failures)} of {good.count}: {good.failures[:5]}"
     assert good.count >= 2
@@ -385,10 +393,8 @@ def test_hostile_call_fails_alone(hostile: Supervisor, pid_dir: Path, fault: Fau
     if fault.stdout_bytes:
         assert_stdout_cut(hostile, response, fault.stdout_bytes)
     assert_next_call_works(hostile, fault, serving_pid(hostile, response))
-    if fault.spawns:
-        pids = recorded_pids(pid_dir, tag)
-        assert len(pids) == fault.spawns
-        assert_gone(pids)
+    assert len(spawned) == fault.spawns
+    assert_processes_gone(spawned)
     assert_only_workers_remain(hostile)
 
 
@@ -396,46 +402,47 @@ def test_hostile_call_fails_alone(hostile: Supervisor, pid_dir: Path, fault: Fau
 
 
 def test_daemon_of_a_returning_call_dies_with_its_instance(
-    launch_supervisor: Launch, enforcement: str, tmp_path: Path
+    launch_supervisor: Launch, isolation: Isolation
 ) -> None:
     # One instance and no spare: the next call runs on the instance that started the daemon.
-    supervisor = launch_hostile(launch_supervisor, enforcement, tmp_path,
-                                "--instances", "1", "--spares", "0")
-    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    supervisor = launch_hostile(launch_supervisor, isolation, "--instances", "1", "--spares", "0")
+    first, second = (f"daemon-{uuid.uuid4().hex}" for _ in range(2))
     ok_json(supervisor.request("GET", "/", params={"do": "daemon_return", "tag": first}))
+    first_daemon = wait_tagged(first, 1, REAP_DEADLINE_S)
     timeout = supervisor.request("GET", "/", params={"do": "loop"})
     assert function_error(timeout, 504) == TIMEOUT_BODY
-    assert_gone(recorded_pids(tmp_path, first))
+    assert_processes_gone(first_daemon)
     ok_json(supervisor.request("GET", "/", params={"do": "daemon_return", "tag": second}))
+    second_daemon = wait_tagged(second, 1, REAP_DEADLINE_S)
     problems = supervisor.stop()
     assert not problems, "\n".join(problems)
-    assert_gone(recorded_pids(tmp_path, second))
+    assert_processes_gone(second_daemon)
 
 
 def test_import_that_raises_fails_every_call_without_spinning(
-    launch_supervisor: Launch, enforcement: str
+    launch_supervisor: Launch, isolation: Isolation
 ) -> None:
     supervisor = launch_supervisor("hostile_import_raises.handler",
-                                   *supervisor_options(enforcement), wait_instances=False)
+                                   *supervisor_options(isolation), wait_instances=False)
     deadline = time.monotonic() + BOOT_OBSERVE_S
     while time.monotonic() < deadline:
         error = function_error(supervisor.request("GET", "/"), 502)
         assert error["errorType"] == "HostileImportError", error
-        assert len(live_descendants(supervisor)) <= POOL_SIZE
+        assert_pool_bounded(supervisor)
         time.sleep(POLL_INTERVAL_S)
     boot_failure_lines = BOOT_FAILURE_LINE.findall(supervisor.log_text())
     assert 0 < len(boot_failure_lines) < MAX_BOOT_FAILURE_LINES, supervisor.log_tail()
 
 
 def test_import_that_hangs_times_out_and_its_workers_are_killed(
-    launch_supervisor: Launch, enforcement: str
+    launch_supervisor: Launch, isolation: Isolation
 ) -> None:
     supervisor = launch_supervisor(
         "hostile_import_hangs.handler",
-        *supervisor_options(enforcement, timeout_s=HANG_TIMEOUT_S),
+        *supervisor_options(isolation, timeout_s=HANG_TIMEOUT_S),
         wait_instances=False,
     )
-    seen: set[int] = set()
+    seen: set[psutil.Process] = set()
     for _ in range(HANG_CALLS):
         started = time.monotonic()
         response = supervisor.request("GET", "/")
@@ -443,8 +450,6 @@ def test_import_that_hangs_times_out_and_its_workers_are_killed(
         assert function_error(response, 504) == TIMEOUT_BODY
         # A call waits at most for one instance's import: the first call's timeout includes it.
         assert elapsed_s < HANG_TIMEOUT_S + DEADLINE_SLACK_S, f"answered after {elapsed_s:.2f} s"
-        hanging = live_descendants(supervisor)
-        assert len(hanging) <= POOL_SIZE, [describe(process) for process in hanging]
-        seen.update(process.pid for process in hanging)
+        seen.update(assert_pool_bounded(supervisor))
     # Each hanging worker is killed at its own init deadline, not only when the server stops.
-    assert_gone(sorted(seen), HANG_TIMEOUT_S + DEADLINE_SLACK_S)
+    assert_processes_gone(seen, HANG_TIMEOUT_S + DEADLINE_SLACK_S)

@@ -4,7 +4,8 @@ This checks the nginx setup that deploy/README.md recommends, end to end, with t
 itself: deploy/nginx/sfsupervisor.conf (its two `server` ports and its `listen` substituted) is
 included into a harness config written to tmp_path, and Debian's nginx runs it by pid. Two
 `python -m supervisor` processes (4 instances each) serve tests/functions/slow_echo.py: a 0.2 s
-call that names the supervisor that ran it and records its start in a marks file.
+call that names the supervisor that ran it and records its start in a marks file (in a shared
+directory outside /tmp that every sandbox uid may write to).
 
 The shipped settings under test: `least_conn` balancing, keep-alive connections to the
 supervisors, and `proxy_next_upstream error timeout http_503` without `non_idempotent` — a call
@@ -37,7 +38,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from e2e_helpers import Launch, Supervisor, free_port, is_alive
+from e2e_helpers import Launch, Supervisor, free_port, is_alive, shared_file
 
 SHIPPED_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "sfsupervisor.conf"
 INSTANCES = 4
@@ -335,9 +336,10 @@ def launch_pair(launch: Launch, marks: Path) -> tuple[Supervisor, Supervisor]:
 
 @pytest.mark.timeout(60)
 def test_sigkill_of_one_supervisor_fails_only_its_calls_in_flight(
-    launch_supervisor: Launch, start_nginx: StartNginx, tmp_path: Path
+    launch_supervisor: Launch, start_nginx: StartNginx, shared_dir: Path
 ) -> None:
-    marks_path = tmp_path / "marks.txt"
+    # Where every instance's uid can append, in every sandbox tier (not tmp_path: it is 0700).
+    marks_path = shared_file(shared_dir, "marks.txt")
     doomed, survivor = launch_pair(launch_supervisor, marks_path)
     nginx = start_nginx((doomed.port, survivor.port))
     load = Load(nginx.url, CLIENTS)

@@ -19,6 +19,7 @@ from e2e_helpers import (
     assert_refusal,
     ok_json,
     scrape_metrics,
+    shared_file,
     wait_busy,
     wait_metric,
     wait_queued,
@@ -122,9 +123,9 @@ def test_call_waiting_longer_than_the_timeout_gets_429(
 
 
 def test_client_leaving_while_queued_withdraws_its_call(
-    launch_supervisor: Launch, background: ThreadPoolExecutor, tmp_path: Path
+    launch_supervisor: Launch, background: ThreadPoolExecutor, shared_dir: Path
 ) -> None:
-    marks = tmp_path / "marks"
+    marks = shared_file(shared_dir, "marks")
     supervisor = launch_supervisor(OPS, *ONE_INSTANCE, "--env", f"OPS_MARKS={marks}")
     running = background.submit(supervisor.call, "sleep", seconds=HOLD_S, mark="running")
     wait_busy(supervisor, 1)

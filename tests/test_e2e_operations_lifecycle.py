@@ -20,6 +20,7 @@ from e2e_helpers import (
     complete_lines,
     is_alive,
     ok_json,
+    pool_tree,
     wait_busy,
     wait_queued,
 )
@@ -132,8 +133,11 @@ def test_workers_die_with_a_killed_supervisor(
     supervisor = launch_supervisor(OPS, "--instances", "2", "--spares", "1", "--timeout", "10")
     running = background.submit(supervisor.call, "sleep", seconds=5)
     wait_busy(supervisor, 1)
-    workers = psutil.Process(supervisor.pid).children(recursive=True)
-    assert len(workers) >= 3, workers
+    # Every process below the supervisor: its 3 workers (the instances' own processes, as many
+    # as the sandbox tier makes) and nothing else.
+    tree = pool_tree(supervisor)
+    assert len(tree.workers) == 3 and not tree.others, tree
+    workers = [process for chain in tree.workers.values() for process in chain]
     supervisor.send_signal(signal.SIGKILL)
     assert supervisor.wait_exit(EXIT_DEADLINE_S) == -signal.SIGKILL
     orphans = still_running(workers, ORPHAN_DEADLINE_S)

@@ -12,6 +12,7 @@ from e2e_helpers import (
     assert_refusal,
     ok_json,
     scrape_metrics,
+    shared_file,
     wait_busy,
     wait_metric,
 )
@@ -44,9 +45,9 @@ def readiness(supervisor: Supervisor) -> httpx.Response:
 
 
 def test_reserved_paths_answer_any_method_and_never_reach_the_function(
-    launch_supervisor: Launch, tmp_path: Path
+    launch_supervisor: Launch, shared_dir: Path
 ) -> None:
-    marks = tmp_path / "marks"
+    marks = shared_file(shared_dir, "marks")
     supervisor = launch_supervisor(OPS, "--env", f"OPS_MARKS={marks}")
     for method in METHODS:
         for path in RESERVED:

@@ -25,10 +25,10 @@ def timed(call):
 
 def test_a_warm_spare_serves_the_call_after_a_crash(launch_supervisor: Launch) -> None:
     supervisor = launch_supervisor("slow_boot.handler", "--instances", "1", "--spares", "1")
-    crashed_pid = ok_json(supervisor.call("pid"))["pid"]
+    crashed = ok_json(supervisor.call("identity"))["identity"]
     assert supervisor.call("crash").status_code == 502
-    response, elapsed_s = timed(lambda: supervisor.call("pid"))
-    assert ok_json(response)["pid"] != crashed_pid
+    response, elapsed_s = timed(lambda: supervisor.call("identity"))
+    assert ok_json(response)["identity"] != crashed
     assert elapsed_s < WARM_CALL_S
 
 
@@ -37,7 +37,7 @@ def test_without_spares_the_call_after_a_crash_waits_for_a_cold_start(
 ) -> None:
     supervisor = launch_supervisor("slow_boot.handler", "--instances", "1", "--spares", "0")
     assert supervisor.call("crash").status_code == 502
-    response, elapsed_s = timed(lambda: supervisor.call("pid"))
+    response, elapsed_s = timed(lambda: supervisor.call("identity"))
     assert response.status_code == 200
     assert elapsed_s >= IMPORT_S * 0.9
 
@@ -47,29 +47,30 @@ def test_spares_add_no_concurrency(launch_supervisor: Launch) -> None:
     with ThreadPoolExecutor(2) as pool:
         started = time.monotonic()
         calls = [pool.submit(supervisor.call, "sleep", seconds=0.5) for _ in range(2)]
-        pids = {ok_json(call.result())["pid"] for call in calls}
+        identities = {ok_json(call.result())["identity"] for call in calls}
         elapsed_s = time.monotonic() - started
     assert elapsed_s >= 0.95  # one after the other, though two more instances sat idle
-    assert len(pids) == 1  # the instance that finished last serves next: spares stay spare
+    assert len(identities) == 1  # the instance that finished last serves next: spares stay spare
 
 
 def test_max_calls_recycles_with_the_replacement_ready_first(launch_supervisor: Launch) -> None:
     max_calls = 5
     supervisor = launch_supervisor(
         "slow_boot.handler", "--instances", "1", "--spares", "0", "--max-calls", str(max_calls))
-    served_by: list[int] = []
+    served_by: list[str] = []
     slowest_s = 0.0
     deadline = time.monotonic() + 20
     while len(set(served_by)) < 3 and time.monotonic() < deadline:
-        response, elapsed_s = timed(lambda: supervisor.call("pid"))
-        served_by.append(ok_json(response)["pid"])
+        response, elapsed_s = timed(lambda: supervisor.call("identity"))
+        served_by.append(ok_json(response)["identity"])
         slowest_s = max(slowest_s, elapsed_s)
         time.sleep(0.02)
-    calls_per_pid = collections.Counter(served_by)
-    assert len(calls_per_pid) >= 3, calls_per_pid
+    calls_per_instance = collections.Counter(served_by)
+    assert len(calls_per_instance) >= 3, calls_per_instance
     # Each recycled instance served its limit (max_calls less up to a tenth: here exactly 5),
     # and went on serving until its replacement had imported: no call waited for a cold start.
-    recycled = [pid for pid in calls_per_pid if pid != served_by[-1]]
-    assert all(calls_per_pid[pid] >= max_calls for pid in recycled), calls_per_pid
+    recycled = [instance for instance in calls_per_instance if instance != served_by[-1]]
+    assert all(calls_per_instance[instance] >= max_calls for instance in recycled), \
+        calls_per_instance
     assert slowest_s < WARM_CALL_S
     assert "recycling it once its replacement is ready" in supervisor.log_text()

@@ -29,12 +29,14 @@ from e2e_helpers import (
     PYTHON_M_SUPERVISOR,
     Launch,
     Supervisor,
+    assert_processes_gone,
     assert_refusal,
     cgroup_unavailable,
     ok_json,
     scrape_metrics,
     wait_busy,
     wait_queued,
+    wait_tagged,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,6 +55,8 @@ RECOVERY_DEADLINE_S = 20.0
 FD_LIMIT = 256
 HELD_CONNECTIONS = 700
 SPAWN_FAILED = "could not start a worker"
+# How long the call in flight across a reload runs.
+IN_FLIGHT_S = 1.5
 
 
 def get(supervisor: Supervisor, **params: str | float) -> httpx.Response:
@@ -62,10 +66,6 @@ def get(supervisor: Supervisor, **params: str | float) -> httpx.Response:
 def wait_ready(supervisor: Supervisor) -> None:
     supervisor.wait_until(lambda: supervisor.request("GET", "/readyz").status_code == 200,
                           "/readyz 200", timeout_s=20)
-
-
-def pids_answering(supervisor: Supervisor, calls: int) -> set[int]:
-    return {ok_json(get(supervisor))["pid"] for _ in range(calls)}
 
 
 # -- the log destination -----------------------------------------------------------------------
@@ -132,6 +132,15 @@ def test_a_failing_log_destination_costs_nothing(launch_supervisor: Launch) -> N
 # -- starting workers fails --------------------------------------------------------------------
 
 
+def readable_code_root(shared_dir: Path) -> Path:
+    """A fresh code root that the sandbox uids can read (not under tmp_path, which is 0700:
+    the supervisor would fall back to --sandbox none), so that the default tier runs it."""
+    code_root = shared_dir / "function"
+    code_root.mkdir(mode=0o755)
+    code_root.chmod(0o755)  # whatever the umask
+    return code_root
+
+
 def test_an_fd_shortage_while_instances_crash_does_not_end_serving(
     launch_supervisor: Launch, background: ThreadPoolExecutor
 ) -> None:
@@ -169,15 +178,15 @@ def _hold_connections(port: int, count: int) -> list[object]:
 
 
 def test_failed_starts_leak_nothing_and_turn_health_red_until_they_work(
-    launch_supervisor: Launch, tmp_path: Path
+    launch_supervisor: Launch, shared_dir: Path
 ) -> None:
-    code_root = tmp_path / "function"
-    code_root.mkdir()
-    shutil.copy(FUNCTIONS_DIR / "resilience.py", code_root / "resilience.py")
+    code_root = readable_code_root(shared_dir)
+    for name in ("resilience.py", "instance_id.py"):
+        shutil.copy(FUNCTIONS_DIR / name, code_root / name)
     supervisor = launch_supervisor(FUNCTION, "--instances", "1", "--spares", "0",
                                    "--unhealthy-after", "1", code_root=code_root)
     process = psutil.Process(supervisor.pid)
-    moved = tmp_path / "moved-away"
+    moved = shared_dir / "moved-away"
     code_root.rename(moved)
     assert get(supervisor, do="crash").json()["errorType"] == "InstanceCrashed"
     supervisor.wait_until(lambda: supervisor.log_text().count(SPAWN_FAILED) >= 2,
@@ -199,10 +208,9 @@ def test_failed_starts_leak_nothing_and_turn_health_red_until_they_work(
 
 
 def test_sighup_reloads_the_code_with_no_call_failing(
-    launch_supervisor: Launch, tmp_path: Path
+    launch_supervisor: Launch, shared_dir: Path
 ) -> None:
-    code_root = tmp_path / "function"
-    code_root.mkdir()
+    code_root = readable_code_root(shared_dir)
     write_versioned(code_root, "one")
     supervisor = launch_supervisor("index.handler", "--instances", "2", code_root=code_root)
     statuses: list[int] = []
@@ -218,25 +226,40 @@ def test_sighup_reloads_the_code_with_no_call_failing(
 
     with ThreadPoolExecutor(5) as pool:
         loaders = [pool.submit(load) for _ in range(4)]
-        in_flight = pool.submit(supervisor.request, "GET", "/", params={"seconds": 1})
         supervisor.wait_until(lambda: len(versions) > 20, "steady load")
+        # A long call, running on an instance of the old code when the reload comes: the SIGHUP
+        # is sent once the call has printed that it started.
+        started = f"in-flight-{time.monotonic_ns()}"
+        in_flight = pool.submit(supervisor.request, "GET", "/",
+                                params={"seconds": IN_FLIGHT_S, "say": started})
+        supervisor.wait_for_text(started)
         write_versioned(code_root, "two")
         supervisor.send_signal_alive(signal.SIGHUP)
         supervisor.wait_until(lambda: versions[-8:] == ["two"] * 8, "the new code serving")
         stop.set()
         for loader in loaders:
             loader.result()
-        assert ok_json(in_flight.result())["version"] == "one"
+        finished = in_flight.result()
+        assert ok_json(finished)["version"] == "one"
     assert set(statuses) == {200}, f"{len(statuses)} calls: {sorted(set(statuses))}"
-    assert "SIGHUP: replacing" in supervisor.log_text()
+    log = supervisor.log_text()
+    assert "SIGHUP: replacing" in log
+    # The long call ended after the reload began: it was in flight all along.
+    in_flight_end = log.index(f"END RequestID: {finished.headers['X-Request-Id']}")
+    assert log.index("SIGHUP: replacing") < in_flight_end
 
 
 def write_versioned(code_root: Path, version: str) -> None:
+    """index.py answering {"version": version}, after printing `?say=` and sleeping
+    `?seconds=` if given."""
     (code_root / "index.py").write_text(
-        "import json, os, time\n"
+        "import json, time\n"
         f"VERSION = {version!r}\n"
         "def handler(event, context):\n"
-        "    time.sleep(float(event['queryStringParameters'].get('seconds', 0)))\n"
+        "    query = event['queryStringParameters']\n"
+        "    if 'say' in query:\n"
+        "        print(query['say'], flush=True)\n"
+        "    time.sleep(float(query.get('seconds', 0)))\n"
         "    return {'statusCode': 200, 'body': json.dumps({'version': VERSION})}\n")
 
 
@@ -304,7 +327,7 @@ def test_a_forked_child_returning_fails_no_other_call(launch_supervisor: Launch)
     supervisor = launch_supervisor(FUNCTION, "--instances", "1", "--spares", "0")
     forked = ok_json(get(supervisor, do="fork_return"))
     innocent = ok_json(get(supervisor, seconds=0.5))
-    assert innocent["pid"] == forked["pid"]
+    assert innocent["identity"] == forked["identity"]
     assert all(get(supervisor).status_code == 200 for _ in range(5))
 
 
@@ -314,15 +337,15 @@ def test_a_stray_reply_fails_no_call_and_the_instance_is_replaced(
     supervisor = launch_supervisor(FUNCTION, "--instances", "1", "--spares", "0")
     stray = ok_json(get(supervisor, do="stray_reply"))
     innocent = ok_json(get(supervisor, seconds=0.5))  # the stray frame arrives meanwhile
-    assert innocent["pid"] == stray["pid"]
+    assert innocent["identity"] == stray["identity"]
     supervisor.wait_for_text("answered call 1 again")
-    supervisor.wait_until(lambda: ok_json(get(supervisor))["pid"] != stray["pid"],
+    supervisor.wait_until(lambda: ok_json(get(supervisor))["identity"] != stray["identity"],
                           "a fresh instance serving")
 
 
 def test_an_exception_whose_str_raises_is_an_ordinary_error(launch_supervisor: Launch) -> None:
     supervisor = launch_supervisor(FUNCTION, "--instances", "1", "--spares", "0")
-    before = ok_json(get(supervisor))["pid"]
+    before = ok_json(get(supervisor))["identity"]
     response = get(supervisor, do="bad_str")
     assert response.status_code == 502
     assert response.headers["X-Function-Error"] == "true"
@@ -330,7 +353,7 @@ def test_an_exception_whose_str_raises_is_an_ordinary_error(launch_supervisor: L
     assert error["errorType"] == "BadStrError"
     assert error["errorMessage"] == "<exception str() failed>"
     assert any("raise BadStrError" in line for line in error["stackTrace"])
-    assert ok_json(get(supervisor))["pid"] == before
+    assert ok_json(get(supervisor))["identity"] == before
 
 
 # -- a killed supervisor -----------------------------------------------------------------------
@@ -345,19 +368,7 @@ def test_nothing_of_an_instance_outlives_a_sigkilled_supervisor(
                                    "cgroup")
     tag = f"detached-{os.getpid()}-{time.monotonic_ns()}"
     assert get(supervisor, do="detach", tag=tag).status_code == 200
-    supervisor.wait_until(lambda: _tagged(tag), "the detached sleeper running")
+    detached = wait_tagged(tag, 1, timeout_s=10)
     supervisor.send_signal(signal.SIGKILL)
     assert supervisor.wait_exit(10) == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    while survivors := _tagged(tag):
-        assert time.monotonic() < deadline, f"outlived the supervisor: {survivors}"
-        time.sleep(0.05)
-
-
-def _tagged(tag: str) -> list[int]:
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline", "status"]):
-        if tag in (process.info["cmdline"] or []) and \
-                process.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(process.info["pid"])
-    return found
+    assert_processes_gone(detached, timeout_s=10)

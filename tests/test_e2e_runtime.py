@@ -49,14 +49,14 @@ def test_remaining_time_counts_down_from_the_timeout(router: Supervisor) -> None
 def test_globals_persist_between_calls_of_an_instance(router: Supervisor) -> None:
     first = ok_json(router.call("count"))
     second = ok_json(router.call("count"))
-    assert second == {"count": first["count"] + 1, "pid": first["pid"]}
+    assert second == {"count": first["count"] + 1, "identity": first["identity"]}
 
 
 def test_async_handler_keeps_its_loop_and_state(async_server: Supervisor) -> None:
     first = ok_json(async_server.request("GET", "/"))
     response = async_server.request("GET", "/")
     second = ok_json(response)
-    assert (second["pid"], second["loop_id"]) == (first["pid"], first["loop_id"])
+    assert (second["identity"], second["loop_id"]) == (first["identity"], first["loop_id"])
     assert second["same_loop"] is True
     assert second["calls"] == first["calls"] + 1
     assert second["echoed"] == f"echo:{response.headers['X-Request-Id']}"
@@ -68,6 +68,6 @@ def test_async_handler_exception_keeps_the_loop(async_server: Supervisor) -> Non
     assert failed.status_code == 502
     assert failed.json()["errorType"] == "RuntimeError"
     after = ok_json(async_server.request("GET", "/"))
-    assert (after["pid"], after["loop_id"], after["same_loop"]) == (
-        before["pid"], before["loop_id"], True
+    assert (after["identity"], after["loop_id"], after["same_loop"]) == (
+        before["identity"], before["loop_id"], True
     )

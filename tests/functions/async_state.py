@@ -2,7 +2,8 @@
 
 import asyncio
 import json
-import os
+
+from instance_id import identity
 
 STATE = {}
 
@@ -33,7 +34,7 @@ async def handler(event, context):
     if event["queryStringParameters"].get("fail"):
         raise RuntimeError("async failure")
     payload = {
-        "pid": os.getpid(),
+        "identity": identity(),
         "loop_id": id(loop),
         "same_loop": loop is STATE["loop"],
         "calls": STATE["calls"],

@@ -1,20 +1,24 @@
 """A hostile test function: `?do=<behaviour>` picks how it breaks (tests/test_e2e_fault_matrix.py).
 
-`?do=ok` is the well-behaved call: it returns {"pid": <the instance's pid>}, after holding its
-instance for `?hold=` seconds if given. Behaviours that
-start processes write those processes' pids, one a line, to `$HOSTILE_DIR/<tag>.pids` (`?tag=`
-names the file) before they misbehave, so that the tests can check that every one is gone.
+`?do=ok` is the well-behaved call: it returns {"identity": <the instance's identity>} (see
+instance_id.py), after holding its instance for `?hold=` seconds if given. Every process a
+behaviour starts becomes a `sleep` whose argv[0] is `?tag=`: the tests find them by that tag on
+the host's process list (a pid seen inside the instance's PID namespace means nothing there) and
+check that every one is gone.
 """
 
 import ctypes
 import fcntl
 import json
 import os
+import shutil
 import signal
 import stat
 import sys
 import threading
 import time
+
+from instance_id import identity
 
 MB = 1024 * 1024
 FORK_BOMB_CHILDREN = 50
@@ -26,6 +30,7 @@ BODY_BYTES = 10 * MB
 CHATTER_INTERVAL_S = 0.01
 CHATTER_LINES = 100
 GARBAGE = b"\xc1" * 100  # 0xc1 is never valid msgpack
+SLEEP = shutil.which("sleep") or "/bin/sleep"
 
 
 class HostileFailure(Exception):
@@ -33,9 +38,9 @@ class HostileFailure(Exception):
 
 
 def ok(query):
-    """The well-behaved answer: the instance's pid (after `?hold=` seconds)."""
+    """The well-behaved answer: the instance's identity (after `?hold=` seconds)."""
     time.sleep(float(query.get("hold", 0)))
-    return {"statusCode": 200, "body": json.dumps({"pid": os.getpid()})}
+    return {"statusCode": 200, "body": json.dumps({"identity": identity()})}
 
 
 def spin():
@@ -44,39 +49,30 @@ def spin():
         pass
 
 
-def record_pids(query, pids):
-    """Write the pids of the processes this call started to $HOSTILE_DIR/<tag>.pids."""
-    path = os.path.join(os.environ["HOSTILE_DIR"], f"{query['tag']}.pids")
-    with open(path, "w") as pid_file:
-        pid_file.write("".join(f"{pid}\n" for pid in pids))
-
-
-def fork_sleeper():
-    """Fork a child that sleeps for STRAY_LIFETIME_S; return its pid."""
-    pid = os.fork()
-    if pid == 0:
+def fork_sleeper(tag):
+    """Fork a child that becomes `sleep STRAY_LIFETIME_S` with `tag` as its argv[0]."""
+    if os.fork() == 0:
         try:
-            time.sleep(STRAY_LIFETIME_S)
+            os.execv(SLEEP, [tag, str(STRAY_LIFETIME_S)])
         finally:
-            os._exit(0)
-    return pid
+            os._exit(127)
 
 
-def start_daemon():
-    """Double-fork a sleeping grandchild in a session of its own; return its pid."""
-    read_end, write_end = os.pipe()
+def start_daemon(tag):
+    """Double-fork a tagged sleeper in a session of its own; return once it sleeps."""
+    read_end, write_end = os.pipe()  # not inherited by exec: EOF once the sleeper has started
     child = os.fork()
     if child == 0:
         try:
+            os.close(read_end)
             os.setsid()
-            os.write(write_end, str(fork_sleeper()).encode())
+            fork_sleeper(tag)
         finally:
             os._exit(0)
     os.close(write_end)
     os.waitpid(child, 0)
     try:
-        # One read: the grandchild holds the write end open as long as it lives.
-        return int(os.read(read_end, 32))
+        os.read(read_end, 1)
     finally:
         os.close(read_end)
 
@@ -149,17 +145,18 @@ def do_slow_leak(query):
 
 
 def do_fork_bomb(query):
-    record_pids(query, [fork_sleeper() for _ in range(FORK_BOMB_CHILDREN)])
+    for _ in range(FORK_BOMB_CHILDREN):
+        fork_sleeper(query["tag"])
     spin()
 
 
 def do_daemon_loop(query):
-    record_pids(query, [start_daemon()])
+    start_daemon(query["tag"])
     spin()
 
 
 def do_daemon_return(query):
-    record_pids(query, [start_daemon()])
+    start_daemon(query["tag"])
     return ok(query)
 
 

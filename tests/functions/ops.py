@@ -1,13 +1,16 @@
 """A test function for the operational tests (tests/test_e2e_operations*.py).
 
 Every call first appends its `?mark=` query parameter, if any, as a line to the file named by
-$OPS_MARKS, if set: the tests read that file to learn which calls reached an instance. Then it
+$OPS_MARKS, if set: the tests read that file to learn which calls reached an instance (they make
+it where the function's uid may write, in every sandbox tier: e2e_helpers.shared_file). Then it
 does what `?action=` says (default `sleep`).
 """
 
 import json
 import os
 import time
+
+from instance_id import identity
 
 GIB = 1 << 30
 
@@ -25,9 +28,9 @@ def record_mark(query):
 
 
 def sleep(query):
-    """Sleep `?seconds=` (default 0), then return the instance's pid."""
+    """Sleep `?seconds=` (default 0), then return the instance's identity."""
     time.sleep(float(query.get("seconds", 0)))
-    return {"statusCode": 200, "body": json.dumps({"pid": os.getpid()})}
+    return {"statusCode": 200, "body": json.dumps({"identity": identity()})}
 
 
 def fail(query):

@@ -10,6 +10,7 @@ import threading
 import time
 
 import msgpack
+from instance_id import identity
 
 STRAY_LIFETIME_S = 120
 
@@ -21,19 +22,20 @@ class BadStrError(Exception):
         raise RuntimeError("no str for you")
 
 
-def pid_answer(**extra):
-    return {"statusCode": 200, "body": json.dumps({"pid": os.getpid(), **extra})}
+def identity_answer():
+    """A 200 answer naming the instance's identity (see instance_id.py)."""
+    return {"statusCode": 200, "body": json.dumps({"identity": identity()})}
 
 
 def do_sleep(query):
     """Sleep `?seconds=`, print `?say=` and a line of `?pad=` characters if given, answer the
-    pid."""
+    instance's identity."""
     time.sleep(float(query.get("seconds", 0)))
     if "say" in query:
         print(query["say"], flush=True)
     if "pad" in query:
         print("p" * int(query["pad"]), flush=True)
-    return pid_answer()
+    return identity_answer()
 
 
 def do_crash(query):
@@ -46,7 +48,7 @@ def do_fork_return(query):
     """Fork; the child returns from the handler too, a moment after the parent."""
     if os.fork() == 0:
         time.sleep(0.2)
-    return pid_answer()
+    return identity_answer()
 
 
 def do_stray_reply(query):
@@ -66,7 +68,7 @@ def do_stray_reply(query):
                 os.write(fd, frame)
 
     threading.Thread(target=write_again).start()
-    return pid_answer()
+    return identity_answer()
 
 
 def do_bad_str(query):
@@ -79,7 +81,7 @@ def do_detach(query):
     subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({STRAY_LIFETIME_S})",
                       query["tag"]], start_new_session=True, stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return pid_answer()
+    return identity_answer()
 
 
 BEHAVIOURS = {

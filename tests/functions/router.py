@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from instance_id import identity
+
 NOT_CALLABLE = 42
 CHATTER_LINES = 3
 call_count = 0
@@ -40,8 +42,8 @@ def request_body(event):
 
 
 def echo(event, context, query):
-    """Return the event, the context and the instance's pid."""
-    return json_response({"event": event, "context": context, "pid": os.getpid()})
+    """Return the event, the context and the instance's identity."""
+    return json_response({"event": event, "context": context, "identity": identity()})
 
 
 def respond(event, context, query):
@@ -49,22 +51,22 @@ def respond(event, context, query):
     return json.loads(request_body(event))
 
 
-def pid(event, context, query):
-    """Return the instance's pid."""
-    return json_response({"pid": os.getpid()})
+def identify(event, context, query):
+    """Return the instance's identity (see instance_id.py)."""
+    return json_response({"identity": identity()})
 
 
 def count(event, context, query):
-    """Increment a global counter and return it with the pid."""
+    """Increment a global counter and return it with the instance's identity."""
     global call_count
     call_count += 1
-    return json_response({"count": call_count, "pid": os.getpid()})
+    return json_response({"count": call_count, "identity": identity()})
 
 
 def sleep(event, context, query):
-    """Sleep `?seconds=`, then return the pid."""
+    """Sleep `?seconds=`, then return the instance's identity."""
     time.sleep(float(query["seconds"]))
-    return json_response({"pid": os.getpid()})
+    return json_response({"identity": identity()})
 
 
 def fail(event, context, query):
@@ -91,7 +93,7 @@ def chatter(event, context, query):
         print(f"{tag} stderr {line_number}", file=sys.stderr)
         time.sleep(0.01)
     logging.warning("%s logging", tag)
-    return json_response({"pid": os.getpid()})
+    return json_response({"identity": identity()})
 
 
 def log_levels(event, context, query):
@@ -121,9 +123,10 @@ def log_levels(event, context, query):
 
 
 def spawn_detached(event, context, query):
-    """Start a `sleep 60` in a session of its own (escaping the process group); return its pid."""
-    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    return json_response({"child_pid": child.pid})
+    """Start a `sleep 60` in a session of its own (escaping the process group), its argv[0] the
+    `?tag=`, so that the test can find it on the host's process list; return at once."""
+    subprocess.Popen([query["tag"], "60"], executable="sleep", start_new_session=True)
+    return json_response({"started": query["tag"]})
 
 
 def unserializable(event, context, query):
@@ -154,7 +157,7 @@ def segfault(event, context, query):
 ACTIONS = {
     "echo": echo,
     "respond": respond,
-    "pid": pid,
+    "identity": identify,
     "count": count,
     "sleep": sleep,
     "raise": fail,

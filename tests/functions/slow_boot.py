@@ -1,8 +1,11 @@
-"""A function whose import takes IMPORT_SECONDS; `?action=` pid, crash or sleep (`?seconds=`)."""
+"""A function whose import takes IMPORT_SECONDS; `?action=` identity (the instance's, see
+instance_id.py), crash or sleep (`?seconds=`)."""
 
 import json
 import os
 import time
+
+from instance_id import identity
 
 IMPORT_SECONDS = 0.5
 
@@ -10,11 +13,11 @@ time.sleep(IMPORT_SECONDS)
 
 
 def handler(event, context):
-    """Return the pid, crash the instance, or sleep first, as `?action=` says."""
+    """Return the instance's identity, crash the instance, or sleep first, as `?action=` says."""
     query = event["queryStringParameters"]
-    action = query.get("action", "pid")
+    action = query.get("action", "identity")
     if action == "crash":
         os._exit(1)
     if action == "sleep":
         time.sleep(float(query["seconds"]))
-    return {"statusCode": 200, "body": json.dumps({"pid": os.getpid()})}
+    return {"statusCode": 200, "body": json.dumps({"identity": identity()})}

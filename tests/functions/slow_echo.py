@@ -3,12 +3,14 @@
 Every call first appends a line `<$SERVED_BY> <?call=>` to the file named by $CALL_MARKS, if
 set: the test reads it to learn which calls started on which supervisor, and whether any call
 ran twice. Then it sleeps `?seconds=` (default 0.2) and returns
-{"served_by": $SERVED_BY, "call": ?call=, "pid": the instance's pid}.
+{"served_by": $SERVED_BY, "call": ?call=, "identity": the instance's identity}.
 """
 
 import json
 import os
 import time
+
+from instance_id import identity
 
 DEFAULT_SECONDS = 0.2
 
@@ -28,5 +30,5 @@ def handler(event, context):
     call = query.get("call", "")
     record_start(served_by, call)
     time.sleep(float(query.get("seconds", DEFAULT_SECONDS)))
-    body = {"served_by": served_by, "call": call, "pid": os.getpid()}
+    body = {"served_by": served_by, "call": call, "identity": identity()}
     return {"statusCode": 200, "body": json.dumps(body)}
