@@ -34,6 +34,7 @@ from e2e_helpers import (
     cgroup_unavailable,
     ok_json,
     scrape_metrics,
+    tagged_processes,
     wait_busy,
     wait_queued,
     wait_tagged,
@@ -372,3 +373,20 @@ def test_nothing_of_an_instance_outlives_a_sigkilled_supervisor(
     supervisor.send_signal(signal.SIGKILL)
     assert supervisor.wait_exit(10) == -signal.SIGKILL
     assert_processes_gone(detached, timeout_s=10)
+
+
+def test_daemons_that_end_on_their_own_are_reaped(launch_supervisor: Launch) -> None:
+    # Outside a PID namespace a detached daemon is re-parented to the supervisor (a child
+    # subreaper); the uid tier shows that.
+    supervisor = launch_supervisor(FUNCTION, "--instances", "1", "--sandbox", "uid")
+    tag = f"short-daemon-{os.getpid()}-{time.monotonic_ns()}"
+    for _ in range(5):
+        assert get(supervisor, do="orphan", tag=tag, seconds=1).status_code == 200
+    wait_tagged(tag, 5, timeout_s=10)
+    supervisor.wait_until(lambda: not tagged_processes(tag), "the daemons ended")
+    supervisor.wait_until(lambda: not _zombie_children(supervisor.pid), "no zombie left")
+
+
+def _zombie_children(pid: int) -> list[int]:
+    return [child.pid for child in psutil.Process(pid).children()
+            if child.status() == psutil.STATUS_ZOMBIE]

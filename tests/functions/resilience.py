@@ -76,11 +76,23 @@ def do_bad_str(query):
 
 
 def do_detach(query):
-    """Start a sleeper in a session of its own (a daemon), named by `?tag=` on its command
-    line so that the test can find it from outside any namespace, and return at once."""
-    subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({STRAY_LIFETIME_S})",
+    """Start a sleeper (for `?seconds=`) in a session of its own (a daemon), named by `?tag=`
+    on its command line so that the test can find it from outside any namespace, and return
+    at once."""
+    lifetime_s = float(query.get("seconds", STRAY_LIFETIME_S))
+    subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({lifetime_s})",
                       query["tag"]], start_new_session=True, stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return identity_answer()
+
+
+def do_orphan(query):
+    """Leave an orphan: a child starts a sleeper (for `?seconds=`, tagged `?tag=`) and exits,
+    so that the sleeper is re-parented to the nearest subreaper (the supervisor, outside ns)."""
+    sleeper = [sys.executable, "-c", f"import time; time.sleep({float(query['seconds'])})",
+               query["tag"]]
+    starter = f"import subprocess; subprocess.Popen({sleeper!r}, start_new_session=True)"
+    subprocess.run([sys.executable, "-c", starter], check=True)
     return identity_answer()
 
 
@@ -91,6 +103,7 @@ BEHAVIOURS = {
     "stray_reply": do_stray_reply,
     "bad_str": do_bad_str,
     "detach": do_detach,
+    "orphan": do_orphan,
 }
 
 
