@@ -125,16 +125,19 @@ class Request:
         self._keep_alive = keep_alive
         self._connection: _Connection | None = None  # while it is with App.handle
 
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+    def respond(self, status: int, headers: Headers, body: bytes,
+                header_lines: bytes = b"") -> None:
         """Answer the request, now or later, once; a no-op when the client has left.
 
         The layer adds Content-Length, Date and, when it will close, `Connection: close`; the
-        headers must not repeat those. A HEAD request gets the headers only.
+        headers must not repeat those. `header_lines` are more headers, already rendered
+        (`Name: value` CRLF each) and checked by the caller. A HEAD request gets the headers
+        only.
         """
         connection = self._connection
         if connection is not None:
             self._connection = None
-            connection.write_response(self, status, headers, body)
+            connection.write_response(self, status, headers, body, header_lines)
 
 
 class App(Protocol):
@@ -431,7 +434,7 @@ class _Connection(asyncio.Protocol):
     # -- answering ------------------------------------------------------------------------------
 
     def write_response(self, request: Request, status: int, headers: Headers,
-                       body: bytes) -> None:
+                       body: bytes, header_lines: bytes = b"") -> None:
         """Write the current request's response (see Request.respond)."""
         transport = self._transport
         if transport.is_closing():
@@ -445,10 +448,11 @@ class _Connection(asyncio.Protocol):
         elif request.method == "HEAD":
             body = b""
         if len(body) < GATHER_BODY_BYTES:
-            transport.write(_head(status, headers, length, server.date_line(), keep_alive, body))
+            transport.write(_head(status, headers, length, server.date_line(), keep_alive, body,
+                                  header_lines))
         else:
-            transport.writelines(
-                (_head(status, headers, length, server.date_line(), keep_alive, b""), body))
+            transport.writelines((_head(status, headers, length, server.date_line(),
+                                        keep_alive, b"", header_lines), body))
         self._current = None
         if not keep_alive:
             self._close()
@@ -607,9 +611,9 @@ class _Connection(asyncio.Protocol):
 
 
 def _head(status: int, headers: Headers, content_length: int | None, date_line: bytes,
-          keep_alive: bool, body: bytes) -> bytes:
+          keep_alive: bool, body: bytes, header_lines: bytes = b"") -> bytes:
     """A response's status line and header section, and then `body`."""
-    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, header_lines]
     for name, value in headers:
         lines += (name, b": ", value, b"\r\n")
     if content_length is not None:

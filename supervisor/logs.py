@@ -2,8 +2,9 @@
 
 Everything goes to stderr, one line per record, as readable text or as JSON lines. Records are
 buffered and written once per event-loop iteration, so the per-call lines (START, END, REPORT)
-and the function's output cost a list append on the hot path, not a system call each. The
-writing itself never blocks and never fails the caller (see logsink.py).
+and the function's output cost a list append on the hot path, not a system call each; a call's
+END and REPORT lines are formatted together, and the time stamp's text is made once a second.
+The writing itself never blocks and never fails the caller (see logsink.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from supervisor.logsink import LogSink
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 _LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
+_PADDED_LEVEL_NAMES = {number: f"{name:<7}" for number, name in _LEVEL_NAMES.items()}
 
 # A worker line longer than this is cut: a function printing 50 MB without a newline must not
 # become a 50 MB string in the supervisor.
@@ -40,6 +42,7 @@ class Log:
         self._function = function
         self._sink = sink if sink is not None else LogSink()
         self._pending: list[str] = []
+        self._pending_lines = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self._stamp_second = -1
@@ -69,8 +72,25 @@ class Log:
         if self._json:
             line = self._format_json(level, message, instance, request_id, stream)
         else:
-            line = self._format_text(level, message, instance, request_id)
-        self._pending.append(line)
+            line = f"{self._text_prefix(level, instance, request_id)}{message}\n"
+        self._add(line, 1)
+
+    def write_lines(self, level: int, messages: tuple[str, ...], instance: int | None,
+                    request_id: str | None) -> None:
+        """Log several runtime lines of one call at one level (a call's END and REPORT)."""
+        if level < self.level:
+            return
+        if self._json:
+            text = "".join([self._format_json(level, message, instance, request_id, None)
+                            for message in messages])
+        else:
+            prefix = self._text_prefix(level, instance, request_id)
+            text = "".join([f"{prefix}{message}\n" for message in messages])
+        self._add(text, len(messages))
+
+    def _add(self, text: str, lines: int) -> None:
+        self._pending.append(text)
+        self._pending_lines += lines
         if self._loop is None:
             self.flush()
         elif not self._flush_scheduled:
@@ -94,8 +114,9 @@ class Log:
         if not self._pending:
             return
         data = "".join(self._pending).encode("utf-8", "replace")
-        lines = len(self._pending)
+        lines = self._pending_lines
         self._pending.clear()
+        self._pending_lines = 0
         self._sink.write(data, lines)
 
     def _timestamp(self) -> str:
@@ -106,15 +127,14 @@ class Log:
             self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp_prefix}.{int((now - second) * 1000):03d}Z"
 
-    def _format_text(self, level: int, message: str, instance: int | None,
-                     request_id: str | None) -> str:
+    def _text_prefix(self, level: int, instance: int | None, request_id: str | None) -> str:
         if request_id is not None:
             where = f"[{request_id}] " if instance is None else f"[{instance} {request_id}] "
         elif instance is not None:
             where = f"[{instance}] "
         else:
             where = ""
-        return f"{self._timestamp()} {_LEVEL_NAMES[level]:<7} {where}{message}\n"
+        return f"{self._timestamp()} {_PADDED_LEVEL_NAMES[level]} {where}"
 
     def _format_json(self, level: int, message: str, instance: int | None,
                      request_id: str | None, stream: str | None) -> str:
@@ -132,7 +152,7 @@ class Log:
 
 
 class LoggingBridge(logging.Handler):
-    """Sends records of the standard logging module (uvicorn's, asyncio's) to our Log."""
+    """Sends records of the standard logging module (asyncio's, the HTTP layer's) to our Log."""
 
     def __init__(self, log: Log) -> None:
         super().__init__()

@@ -2,10 +2,10 @@
 
 Data flow of one call (who sends what to whom, and what guards each step):
 
-    http.FunctionApp --Pool.run(call)--> an idle instance?
-        yes: Instance.dispatch(call) -- CALL frame --> worker        deadline: loop.call_at
-        no:  the call waits in _waiting (FIFO, in arrival order)
-    worker -- RESULT / FAILURE frame --> Instance --> call.future    the deadline is cancelled
+    http.FunctionApp --Pool.submit(call)--> an idle instance?
+        yes: Instance.dispatch(call) -- CALL frame --> worker        deadline: the one sweep
+        no:  the call waits in _waiting (FIFO, in arrival order)     timer (deadlines.py)
+    worker -- RESPONSE / FAILURE / MALFORMED frame --> Instance --> call.on_done
         --> Pool.instance_idle: the instance takes the oldest waiting call, or goes idle
     deadline passed: Instance kills the worker's process group, the call gets TIMEOUT,
         --> Pool.instance_lost: a replacement is spawned at once
@@ -50,6 +50,7 @@ from collections import deque
 from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import MB, Config
+from supervisor.deadlines import DeadlineSweep
 from supervisor.instance import Instance, State
 from supervisor.limits import MemoryEnforcement, OrphanReaper, children_map
 
@@ -94,6 +95,7 @@ class Pool:
         # When workers last started failing to start at all (None: the last start worked).
         self._starts_failing_since: float | None = None
         self._reaper = OrphanReaper(self._loop, set(helpers))
+        self._deadlines = DeadlineSweep(self._loop, self._instances.values)
         # Instances replaced, by end_reason (for metrics).
         self.restarts: collections.Counter[str] = collections.Counter()
         self._started_at = 0.0
@@ -109,7 +111,7 @@ class Pool:
         self._fill()
 
     def submit(self, call: Call) -> None:
-        """Start the call on a free instance, or queue it; its outcome comes in call.future.
+        """Start the call on a free instance, or queue it; its outcome goes to call.on_done.
 
         Admission: when the queue already holds max_queue calls, the call is rejected at once
         (the platform's 429) rather than left to wait without bound.
@@ -120,7 +122,7 @@ class Pool:
             self._dispatch(self._idle.pop(), call)
         elif self._boot_failure is not None and not self._has_instance_to_wait_for():
             call.resolve(self._boot_failure)
-        elif (refusal := self._queue_full(call)) is not None:
+        elif (refusal := self._queue_full(call.held_bytes)) is not None:
             call.resolve(Outcome(Ending.REJECTED, detail=refusal))
         else:
             call.queued_at = time.perf_counter()
@@ -129,13 +131,31 @@ class Pool:
             if self._queue_timer is None:
                 self._arm_queue_timer()
 
-    def _queue_full(self, call: Call) -> str | None:
-        """Why the call cannot wait (the queue is full), or None when it can."""
+    def refusal(self, held_bytes: int) -> str | None:
+        """Why a call holding `held_bytes` would be refused at once (429), or None.
+
+        For the HTTP layer, to answer before it reads a request's body.
+        """
+        if self._stopping or (self._idle and self._busy < self._config.instances) or (
+                self._boot_failure is not None and not self._has_instance_to_wait_for()):
+            return None  # it runs at once, or gets an answer other than 429
+        return self._queue_full(held_bytes)
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls running or waiting."""
+        return self._busy + len(self._waiting)
+
+    def _queue_full(self, held_bytes: int) -> str | None:
+        """Why a call cannot wait (the queue is full), or None when it can."""
         config = self._config
+        if len(self._waiting) < config.max_queue and (
+                not self._waiting or self._waiting_bytes + held_bytes <= config.max_queue_bytes):
+            return None
         running = f"too many calls in progress: {self._busy} running and {len(self._waiting)}"
         if len(self._waiting) >= config.max_queue:
             return f"{running} waiting (--max-queue {config.max_queue})"
-        if self._waiting and self._waiting_bytes + call.held_bytes > config.max_queue_bytes:
+        if self._waiting and self._waiting_bytes + held_bytes > config.max_queue_bytes:
             return (f"{running} waiting, whose requests hold {self._waiting_bytes / MB:.1f} MB "
                     f"(--max-queue-mb {config.max_queue_bytes / MB:g})")
         return None
@@ -197,6 +217,7 @@ class Pool:
                       self._queue_timer):
             if timer is not None:
                 timer.cancel()
+        self._deadlines.close()
         self._fail_waiting(Outcome(Ending.SHUTDOWN))
         for instance in list(self._instances.values()):
             instance.retire("shutdown")
@@ -257,6 +278,9 @@ class Pool:
             self._boot_failed(instance, boot_failure)
         self._fill()
         self._pump()
+
+    def deadline_set(self, deadline: float) -> None:
+        self._deadlines.watch(deadline)
 
     def instance_reaped(self, instance: Instance) -> None:
         self._instances.pop(instance.id, None)

@@ -1,4 +1,4 @@
-"""Unit tests for supervisor.events: request -> event and result -> response mapping."""
+"""Unit tests for worker.events: request -> event and result -> response mapping."""
 
 import base64
 import calendar
@@ -8,8 +8,8 @@ from http import HTTPStatus
 
 import pytest
 
-from supervisor import events
-from supervisor.events import (
+from worker import events
+from worker.events import (
     MalformedResponse,
     build_http_event,
     build_raw_event,

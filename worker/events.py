@@ -1,13 +1,19 @@
-"""Translation between HTTP and the platform's function events.
+"""Translation between HTTP and the platform's function events, done in the worker.
 
 `build_http_event` turns an HTTP request into the event a handler receives (HTTP integration),
 `map_http_response` turns the handler's result back into an HTTP response the way the cloud's
 gateway does; `build_raw_event` and `map_raw_response` do the same for `?integration=raw`.
-Everything here is pure and runs on the hot path of every request.
+
+This runs in the worker, not in the supervisor: the supervisor is one process that every call
+crosses, so its CPU per call caps the whole server, while the workers are many. The worker is
+the function's process and cannot be trusted, so the supervisor checks what comes back before
+writing it (supervisor/responses.py). Everything here is pure, standard library only, and runs
+on the hot path of every request.
 """
 
 import base64
 import json
+import random
 import string
 import time
 from collections.abc import Iterable
@@ -17,7 +23,7 @@ _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~
 _CACHE_LIMIT = 1024
 # name -> canonical name, or "" when the name is not a valid token (no canonical name is empty).
 _canonical_cache: dict[str, str] = {}
-# raw ASGI request header name -> canonical name, or "" when the header never reaches the event.
+# raw request header name -> canonical name, or "" when the header never reaches the event.
 _request_name_cache: dict[bytes, str] = {}
 
 _REMOVED_REQUEST_HEADERS = frozenset({
@@ -42,6 +48,9 @@ _VALUE_TABLE |= {0x0A: " ", 0x0D: " "}
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _last_clf: tuple[int, str] = (-1, "")
+# Trace ids come from a generator of our own: a function that seeds `random` must not make
+# them repeat.
+_ids = random.Random()
 
 
 class MalformedResponse(Exception):
@@ -153,12 +162,12 @@ def build_http_event(
 ) -> dict:
     """Build the platform's HTTP-integration event for one request.
 
-    `headers` are ASGI's (raw bytes, in order, repeats possible); values are decoded as UTF-8 (as
-    the cloud's Go router passes them) and names canonicalised; the headers the platform strips
-    are left out and the router's own (X-Forwarded-For, X-Real-Remote-Address, X-Request-Id,
-    X-Trace-Id) are added. `client` is ASGI's scope["client"]; when it is None (e.g. a Unix
-    socket) the client ip is "" and the port 0. The body is passed as text for a valid-UTF-8
-    `application/json` request, else base64.
+    `headers` are the request's (raw bytes, in order, repeats possible); values are decoded as
+    UTF-8 (as the cloud's Go router passes them) and names canonicalised; the headers the
+    platform strips are left out and the router's own (X-Forwarded-For, X-Real-Remote-Address,
+    X-Request-Id, X-Trace-Id) are added. `client` is the peer's (ip, port); when it is None
+    (e.g. a Unix socket) the client ip is "" and the port 0. The body is passed as text for a
+    valid-UTF-8 `application/json` request, else base64.
     """
     single, multi, forwarded = _collect_headers(headers)
     ip, port = client if client is not None else ("", 0)
@@ -194,6 +203,14 @@ def build_http_event(
         "pathParams": {},
         "url": "",
     }
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, for trace ids; names, not secrets."""
+    bits = _ids.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)  # version 4
+    bits = bits & ~(0xC000 << 48) | (0x8000 << 48)  # RFC 4122 variant
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def build_raw_event(body: bytes) -> str:
@@ -316,7 +333,7 @@ def _response_body(body: object, is_base64: object) -> bytes:
 
 
 def map_http_response(result: object) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Map a handler's result to (status, ASGI headers, body), as the cloud's gateway does.
+    """Map a handler's result to (status, header pairs, body), as the cloud's gateway does.
 
     Raises MalformedResponse when the result does not fit {statusCode: int, headers: {str: str},
     multiValueHeaders: {str: [str]}, body: str, isBase64Encoded: bool}; a key set to None counts
@@ -356,3 +373,8 @@ def malformed_error(reason: str, result: object) -> dict:
         "errorType": "ProxyIntegrationError",
         "payload": payload,
     }
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Mapped response headers as the header section's lines: `Name: value` CRLF each."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
