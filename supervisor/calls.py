@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Ending(enum.Enum):
@@ -25,9 +24,11 @@ class Ending(enum.Enum):
     CANCELLED = "cancelled"  # the client went away while the call was waiting
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """An ending and what came with it: the worker's response, or the error object."""
+class Outcome(NamedTuple):
+    """An ending and what came with it: the worker's response, or the error object.
+
+    A named tuple rather than a dataclass: one is made per call, and a tuple is made cheaply.
+    """
 
     ending: Ending
     value: Any = None

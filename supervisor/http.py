@@ -59,10 +59,8 @@ class FunctionApp:
 
     def head_received(self, request: Request) -> Answer | None:
         """429 before the body is read, for a request with a body that could not be queued."""
-        if request.path in self._reserved:
-            return None
         body_bytes = _declared_body_bytes(request)
-        if not body_bytes:
+        if not body_bytes or request.path in self._reserved:
             return None  # nothing to spare reading: handle() answers, keeping the connection
         refusal = self._pool.refusal(max(body_bytes, 0))
         if refusal is None:
@@ -134,22 +132,26 @@ class FunctionApp:
 
     def _log_end(self, call: Call, status: int, error_message: str | None) -> None:
         log, rid, instance = self._log, call.request_id, call.instance_id
-        if call.dispatched_at is None or call.finished_at is None:
+        dispatched_at, finished_at = call.dispatched_at, call.finished_at
+        if dispatched_at is None or finished_at is None or instance is None:
             if error_message is not None:  # it never reached an instance
                 level = logging.INFO if status == 499 else logging.WARNING
                 log.write(level, logs.error_line(rid, status, error_message), None, rid)
             return
-        init_s = call.init_duration_s
-        duration_ms = (call.finished_at - call.dispatched_at + (init_s or 0.0)) * 1000
-        queuing_ms = (call.dispatched_at - call.arrived_at) * 1000
-        report = logs.report_line(rid, duration_ms, self._config.memory_mb, call.peak_kb,
-                                  queuing_ms, init_s * 1000 if init_s is not None else None)
-        if error_message is None:
-            log.write_lines(logging.INFO, (logs.end_line(rid), report), instance, rid)
+        if error_message is not None:
+            log.write(logging.INFO, logs.end_line(rid), instance, rid)
+            log.write(logging.ERROR, logs.error_line(rid, status, error_message), instance, rid)
+        if log.level > logging.INFO:
             return
-        log.write(logging.INFO, logs.end_line(rid), instance, rid)
-        log.write(logging.ERROR, logs.error_line(rid, status, error_message), instance, rid)
-        log.write(logging.INFO, report, instance, rid)
+        init_s = call.init_duration_s
+        duration_ms = (finished_at - dispatched_at + (init_s or 0.0)) * 1000
+        report = logs.report_line(rid, duration_ms, self._config.memory_mb, call.peak_kb,
+                                  (dispatched_at - call.arrived_at) * 1000,
+                                  init_s * 1000 if init_s is not None else None)
+        if error_message is None:
+            log.call_ended(instance, rid, report)
+        else:
+            log.write(logging.INFO, report, instance, rid)
 
     # -- the supervisor's own paths ----------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import fcntl
-import logging
 import math
 import os
 import signal
@@ -143,13 +142,12 @@ class Instance:
         call.dispatched_at = time.perf_counter()
         call.instance_id = self.id
         self.memory.call_started()
-        self._log.write(logging.INFO, logs.start_line(request_id, self._config.function_version),
-                        self.id, request_id)
+        self._log.call_started(self.id, request_id, self._config.function_version)
         deadline_ms = int((time.time() + budget_s) * 1000)
         self._send_parts(protocol.pack_with_body(
             [protocol.CALL, self._call_seq, request_id, deadline_ms, call.request], call.body))
-        self.call_deadline = self._loop.time() + budget_s
-        self._pool.deadline_set(self.call_deadline)
+        self.call_deadline = deadline = self._loop.time() + budget_s
+        self._pool.deadline_set(deadline)
 
     def retire(self, reason: str) -> None:
         """Stop the worker the platform's way: SIGTERM, then SIGKILL shortly after.
@@ -263,15 +261,12 @@ class Instance:
             self._unsent += map(memoryview, parts)
             return
         try:
-            if len(parts) == 1:
-                written = os.write(self._to_worker, parts[0])
-            else:
-                written = os.writev(self._to_worker, parts)
+            written = os.writev(self._to_worker, parts)
         except BlockingIOError:
             written = 0
         except OSError:
             return  # the worker is gone; its exit is handled by _on_exit
-        if written < sum(map(len, parts)):
+        if written < (len(parts[0]) if len(parts) == 1 else sum(map(len, parts))):
             self._unsent = _after(list(map(memoryview, parts)), written)
             self._loop.add_writer(self._to_worker, self._write_unsent)
 
@@ -314,35 +309,27 @@ class Instance:
             self._protocol_violation("the worker closed its frame pipe")
 
     def _handle_frame(self, frame: Any) -> None:
-        if self.state in (State.RETIRING, State.DEAD):
+        state = self.state
+        if state is State.RETIRING or state is State.DEAD:
             return  # a reply that lost the race against a kill
-        kind = frame[0] if type(frame) is list and len(frame) >= 5 else None
-        if kind in _REPLIES and type(frame[1]) is int and type(frame[2]) is int:
-            self._reply(kind, frame)
-            return
+        if type(frame) is list and len(frame) >= 5 and frame[0] in _REPLIES:
+            seq = frame[1]
+            if state is State.BUSY and seq == self._call_seq:
+                outcome = _reply_outcome(frame)
+                if outcome is not None:
+                    self._complete(outcome, frame[2], frame[3])
+                    return
+            elif type(seq) is int and seq <= self._call_seq:
+                self._stray_reply(seq)
+                return
         match frame:
             case [protocol.READY, protocol.VERSION, int() | float() as init_ms] \
-                    if self.state is State.STARTING:
+                    if state is State.STARTING:
                 self._ready(init_ms / 1000)
-            case [protocol.INIT_ERROR, dict(error)] if self.state is State.STARTING:
+            case [protocol.INIT_ERROR, dict(error)] if state is State.STARTING:
                 self._boot_failed(Outcome(Ending.INIT_ERROR, _clean_error(error)))
             case _:
                 self._protocol_violation(f"unexpected frame {_describe(frame)}")
-
-    def _reply(self, kind: int, frame: list[Any]) -> None:
-        """A reply to a call: [kind, call_id, peak_kb, output, ...] (worker/protocol.py)."""
-        seq = frame[1]
-        if not self._is_current(seq):
-            if seq <= self._call_seq:
-                self._stray_reply(seq)
-            else:
-                self._protocol_violation(f"a reply to call {seq}, never sent")
-            return
-        outcome = _reply_outcome(kind, frame)
-        if outcome is None:
-            self._protocol_violation(f"unexpected frame {_describe(frame)}")
-            return
-        self._complete(outcome, frame[2], frame[3])
 
     def _is_current(self, seq: int) -> bool:
         return self.state is State.BUSY and seq == self._call_seq
@@ -370,6 +357,7 @@ class Instance:
         self._pool.instance_ready(self)
 
     def _complete(self, outcome: Outcome, reported_peak_kb: int, output: Any) -> None:
+        """The worker answered the current call: settle it; the instance is free again."""
         self._finish(outcome, self.memory.call_peak_kb(reported_peak_kb), output)
         if self.state is State.BUSY and not self._exited:
             self.state = State.IDLE
@@ -384,8 +372,9 @@ class Instance:
         call = self._call
         assert call is not None
         self.call_deadline = math.inf
-        for capture, flag in zip(self._outputs, _OUTPUT_FLAGS, strict=False):
-            capture.end_call(drain=not isinstance(output, int) or bool(output & flag))
+        if output != 0 or any(capture.holds_partial_line for capture in self._outputs):
+            for capture, flag in zip(self._outputs, _OUTPUT_FLAGS, strict=False):
+                capture.end_call(drain=not isinstance(output, int) or bool(output & flag))
         call.finished_at = time.perf_counter()
         call.peak_kb = peak_kb
         self._call = None
@@ -503,11 +492,15 @@ class Instance:
             self._timer = None
 
 
-def _reply_outcome(kind: int, frame: list[Any]) -> Outcome | None:
-    """The outcome a well-formed reply stands for; None when the frame is not one.
+def _reply_outcome(frame: list[Any]) -> Outcome | None:
+    """The outcome a well-formed reply [kind, call_id, peak_kb, output, ...] stands for; None
+    when the frame is not one.
 
     Only the frame's shape is checked here; responses.render checks a response's content.
     """
+    if type(frame[2]) is not int:
+        return None
+    kind = frame[0]
     if kind == protocol.RESPONSE and len(frame) == 7:
         return Outcome(Ending.OK, (frame[4], frame[5], frame[6]))
     if kind == protocol.FAILURE and len(frame) == 5 and type(frame[4]) is dict:

@@ -45,8 +45,8 @@ class Log:
         self._pending_lines = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
-        self._stamp_second = -1
-        self._stamp_prefix = ""
+        self._stamp_second = self._stamp_ms = -1
+        self._stamp_prefix = self._stamp = ""
 
     def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Batch writes on this loop; with None, write every record at once."""
@@ -75,18 +75,26 @@ class Log:
             line = f"{self._text_prefix(level, instance, request_id)}{message}\n"
         self._add(line, 1)
 
-    def write_lines(self, level: int, messages: tuple[str, ...], instance: int | None,
-                    request_id: str | None) -> None:
-        """Log several runtime lines of one call at one level (a call's END and REPORT)."""
-        if level < self.level:
+    def call_started(self, instance: int, request_id: str, version: str) -> None:
+        """A call's START line (written for every call: made with as little work as it can)."""
+        if self.level > logging.INFO:
             return
         if self._json:
-            text = "".join([self._format_json(level, message, instance, request_id, None)
-                            for message in messages])
-        else:
-            prefix = self._text_prefix(level, instance, request_id)
-            text = "".join([f"{prefix}{message}\n" for message in messages])
-        self._add(text, len(messages))
+            self.write(logging.INFO, start_line(request_id, version), instance, request_id)
+            return
+        self._add(f"{self._timestamp()} INFO    [{instance} {request_id}] "
+                  f"START RequestID: {request_id} Version: {version}\n", 1)
+
+    def call_ended(self, instance: int, request_id: str, report: str) -> None:
+        """A call's END line and its REPORT line `report`, formatted together."""
+        if self.level > logging.INFO:
+            return
+        if self._json:
+            self.write(logging.INFO, end_line(request_id), instance, request_id)
+            self.write(logging.INFO, report, instance, request_id)
+            return
+        prefix = f"{self._timestamp()} INFO    [{instance} {request_id}] "
+        self._add(f"{prefix}END RequestID: {request_id}\n{prefix}{report}\n", 2)
 
     def _add(self, text: str, lines: int) -> None:
         self._pending.append(text)
@@ -120,12 +128,17 @@ class Log:
         self._sink.write(data, lines)
 
     def _timestamp(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._stamp_second:
-            self._stamp_second = second
-            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp_prefix}.{int((now - second) * 1000):03d}Z"
+        """The time as ISO 8601 UTC with milliseconds; made anew only when the millisecond
+        changes, the date and time of day only when the second does."""
+        now_ms = int(time.time() * 1000)
+        if now_ms != self._stamp_ms:
+            self._stamp_ms = now_ms
+            second, ms = divmod(now_ms, 1000)
+            if second != self._stamp_second:
+                self._stamp_second = second
+                self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = f"{self._stamp_prefix}.{ms:03d}Z"
+        return self._stamp
 
     def _text_prefix(self, level: int, instance: int | None, request_id: str | None) -> str:
         if request_id is not None:
@@ -188,6 +201,11 @@ class OutputCapture:
     @property
     def fd(self) -> int:
         return self._fd
+
+    @property
+    def holds_partial_line(self) -> bool:
+        """Whether part of a line (no newline yet) waits to be logged."""
+        return bool(self._partial or self._dropped_bytes)
 
     def end_call(self, drain: bool) -> None:
         """The call ended: log its output, reading what is left in the pipe if `drain`."""
@@ -272,7 +290,7 @@ def error_line(request_id: str, status: int, message: str) -> str:
 def report_line(request_id: str, duration_ms: float, memory_mb: int, used_kb: int,
                 queuing_ms: float, init_ms: float | None) -> str:
     """The platform's REPORT line; billed duration is rounded up to 100 ms."""
-    billed_ms = max(100, math.ceil(duration_ms / 100) * 100)
+    billed_ms = 100 if duration_ms <= 100 else math.ceil(duration_ms / 100) * 100
     line = (
         f"REPORT RequestID: {request_id} Duration: {duration_ms:.3f} ms "
         f"Billed Duration: {billed_ms} ms Memory Size: {memory_mb} MB "

@@ -96,8 +96,9 @@ class Metrics:
         dispatched_at = call.dispatched_at
         if dispatched_at is not None:
             self.queue_wait.observe(dispatched_at - call.arrived_at)
-            if call.finished_at is not None:
-                self.duration.observe(call.finished_at - dispatched_at)
+            finished_at = call.finished_at
+            if finished_at is not None:
+                self.duration.observe(finished_at - dispatched_at)
 
     def count_refusal(self) -> None:
         """A request refused before it became a call (the queue is full, bad parameters)."""

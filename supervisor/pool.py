@@ -96,6 +96,8 @@ class Pool:
         self._starts_failing_since: float | None = None
         self._reaper = OrphanReaper(self._loop, set(helpers))
         self._deadlines = DeadlineSweep(self._loop, self._instances.values)
+        # Instances say when their call's deadline is (PoolHooks): straight to the sweep.
+        self.deadline_set = self._deadlines.watch
         # Instances replaced, by end_reason (for metrics).
         self.restarts: collections.Counter[str] = collections.Counter()
         self._started_at = 0.0
@@ -278,9 +280,6 @@ class Pool:
             self._boot_failed(instance, boot_failure)
         self._fill()
         self._pump()
-
-    def deadline_set(self, deadline: float) -> None:
-        self._deadlines.watch(deadline)
 
     def instance_reaped(self, instance: Instance) -> None:
         self._instances.pop(instance.id, None)

@@ -148,9 +148,8 @@ def _reply(ok: bool, value: Any, raw: bool, common: list[Any], max_bytes: int) -
 
 def _check_extra_fields(result: dict[str, Any]) -> None:
     """Fields the gateway ignores must still be JSON, or the platform fails the call."""
-    extra = {key: field for key, field in result.items() if key not in _RESPONSE_FIELDS}
-    if extra:
-        _check_json(extra)
+    if not _RESPONSE_FIELDS.issuperset(result):
+        _check_json({key: field for key, field in result.items() if key not in _RESPONSE_FIELDS})
 
 
 def _check_json(value: Any) -> None:
