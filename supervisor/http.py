@@ -16,6 +16,7 @@ body is read (head_received): under overload, a refusal must cost less than a ca
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -30,6 +31,8 @@ from supervisor.metrics import OUTCOME_OF_ENDING, Metrics
 from supervisor.pool import Pool
 
 _INTEGRATIONS = ("raw", "async")
+# Refusals (429) logged one by one per second; beyond that they are counted (logs.RefusalLines).
+REFUSAL_LINES_PER_S = 20
 _TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 _REQUEST_ID = b"X-Request-Id"
 # The version (4) and variant bits of a random UUID.
@@ -51,6 +54,8 @@ class FunctionApp:
         self._metrics = metrics
         self._config = config
         self._log = log
+        self._refusal_lines = logs.RefusalLines(log, REFUSAL_LINES_PER_S,
+                                                asyncio.get_running_loop())
         self._reserved = {
             b"/healthz": self._live,
             b"/readyz": self._ready,
@@ -122,9 +127,8 @@ class FunctionApp:
         self._metrics.count_refusal()
         request_id = new_id()
         if logged:
-            self._log.write(logging.WARNING,
-                            logs.error_line(request_id, status, f"{error_type}: {message}"),
-                            None, request_id)
+            self._refusal_lines.write(
+                request_id, logs.error_line(request_id, status, f"{error_type}: {message}"))
         status, headers, _, body, _ = responses.error(
             status, {"errorMessage": message, "errorType": error_type}, function_error=False)
         headers.append((_REQUEST_ID, request_id.encode()))
@@ -134,9 +138,13 @@ class FunctionApp:
         log, rid, instance = self._log, call.request_id, call.instance_id
         dispatched_at, finished_at = call.dispatched_at, call.finished_at
         if dispatched_at is None or finished_at is None or instance is None:
-            if error_message is not None:  # it never reached an instance
-                level = logging.INFO if status == 499 else logging.WARNING
-                log.write(level, logs.error_line(rid, status, error_message), None, rid)
+            if error_message is None:
+                return
+            line = logs.error_line(rid, status, error_message)  # it never reached an instance
+            if status == 429:
+                self._refusal_lines.write(rid, line)
+            else:
+                log.write(logging.INFO if status == 499 else logging.WARNING, line, None, rid)
             return
         if error_message is not None:
             log.write(logging.INFO, logs.end_line(rid), instance, rid)

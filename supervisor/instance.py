@@ -281,6 +281,11 @@ class Instance:
         if not self._unsent:
             self._loop.remove_writer(self._to_worker)
 
+    def read_replies(self) -> None:
+        """Handle what the worker has sent so far, without waiting for the loop to report it."""
+        if self.state is State.BUSY and self._from_worker >= 0:
+            self._on_frames_readable()
+
     def _on_frames_readable(self) -> bool:
         """Read and handle what the worker sent; True if more may be waiting."""
         try:

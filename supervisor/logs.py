@@ -164,6 +164,41 @@ class Log:
         return json.dumps(record, ensure_ascii=False) + "\n"
 
 
+class RefusalLines:
+    """The lines of calls refused at once (429), at most `per_second` a second.
+
+    Under overload a line per refusal would write more log than the calls it refuses, and cost
+    the supervisor more than the refusal itself; beyond the budget, refusals are counted and
+    one line a second says how many went unlogged (the metrics count them all).
+    """
+
+    def __init__(self, log: Log, per_second: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._log = log
+        self._per_second = per_second
+        self._loop = loop
+        self._second = -1
+        self._written = 0
+        self._unwritten = 0
+
+    def write(self, request_id: str, line: str) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second = second
+            self._written = 0
+        if self._written < self._per_second:
+            self._written += 1
+            self._log.write(logging.WARNING, line, None, request_id)
+            return
+        if not self._unwritten:
+            self._loop.call_later(1.0, self._summarize)
+        self._unwritten += 1
+
+    def _summarize(self) -> None:
+        self._log.warning(f"{self._unwritten} more call(s) refused with 429 were not logged "
+                          f"one by one (at most {self._per_second} lines a second)")
+        self._unwritten = 0
+
+
 class LoggingBridge(logging.Handler):
     """Sends records of the standard logging module (asyncio's, the HTTP layer's) to our Log."""
 
