@@ -24,7 +24,7 @@ from random import getrandbits
 from urllib.parse import parse_qsl
 
 from supervisor import logs, responses
-from supervisor.calls import Call, Outcome
+from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
 from supervisor.http11 import Answer, Request
 from supervisor.metrics import OUTCOME_OF_ENDING, Metrics
@@ -33,6 +33,10 @@ from supervisor.pool import Pool
 _INTEGRATIONS = ("raw", "async")
 # Refusals (429) logged one by one per second; beyond that they are counted (logs.RefusalLines).
 REFUSAL_LINES_PER_S = 20
+# A client refused with 429 on a keep-alive connection has its next request read no sooner
+# than this: hundreds of clients retrying at once would otherwise take the loop's time from the
+# calls it serves and from /healthz, without a call more being served.
+REFUSED_HOLD_S = 0.2
 _TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 _REQUEST_ID = b"X-Request-Id"
 # The version (4) and variant bits of a random UUID.
@@ -117,7 +121,8 @@ class FunctionApp:
             if request is not None:
                 call.http_request = None  # type: ignore[attr-defined]
                 headers.append((_REQUEST_ID, call.request_id.encode()))
-                request.respond(status, headers, body, lines)
+                hold_s = REFUSED_HOLD_S if outcome.ending is Ending.REJECTED else 0.0
+                request.respond(status, headers, body, lines, hold_s)
         except Exception as exc:  # the pool is mid-bookkeeping: never raise into it
             self._log.error(f"answering call {call.request_id} failed: "
                             f"{type(exc).__name__}: {exc}")
