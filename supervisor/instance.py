@@ -362,14 +362,20 @@ class Instance:
         self._pool.instance_ready(self)
 
     def _complete(self, outcome: Outcome, reported_peak_kb: int, output: Any) -> None:
-        """The worker answered the current call: settle it; the instance is free again."""
-        self._finish(outcome, self.memory.call_peak_kb(reported_peak_kb), output)
+        """The worker answered the current call: the instance takes the next waiting call
+        first, so that the worker runs it while the answer of this one is written."""
+        call = self._end_call(self.memory.call_peak_kb(reported_peak_kb), output)
         if self.state is State.BUSY and not self._exited:
             self.state = State.IDLE
             self._pool.instance_idle(self)
+        call.resolve(outcome)
 
     def _finish(self, outcome: Outcome, peak_kb: int, output: Any = None) -> None:
-        """End the current call: its output is logged first, then its outcome is handed over.
+        """End the current call and hand its outcome over."""
+        self._end_call(peak_kb, output).resolve(outcome)
+
+    def _end_call(self, peak_kb: int, output: Any) -> Call:
+        """The current call's bookkeeping; its output is logged first, before its END line.
 
         `output` says which output pipes still hold what the call wrote (the worker's word on
         it, worker/protocol.py; None when there is none): those are read to the end first.
@@ -385,7 +391,7 @@ class Instance:
         self._call = None
         self.request_id = None
         self._pool.call_finished(self)
-        call.resolve(outcome)
+        return call
 
     def deadline_passed(self) -> None:
         """The call's deadline has passed: kill the instance, the call times out."""

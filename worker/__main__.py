@@ -125,8 +125,7 @@ def _reply(ok: bool, value: Any, raw: bool, common: list[Any], max_bytes: int) -
         if raw:
             status, lines, body = 200, b"", events.map_raw_response(value)
         else:
-            status, headers, body = events.map_http_response(value)
-            lines = events.header_lines(headers)
+            status, lines, body = events.map_http_response_lines(value)
             _check_extra_fields(value)
     except events.MalformedResponse as exc:
         parts = [_malformed(common, value, str(exc))]

@@ -23,6 +23,9 @@ _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~
 _CACHE_LIMIT = 1024
 # name -> canonical name, or "" when the name is not a valid token (no canonical name is empty).
 _canonical_cache: dict[str, str] = {}
+# a response's `headers` map, as its items -> the header section's lines (see
+# map_http_response_lines).
+_lines_cache: dict[tuple[tuple[object, object], ...], bytes] = {}
 # raw request header name -> canonical name, or "" when the header never reaches the event.
 _request_name_cache: dict[bytes, str] = {}
 
@@ -51,6 +54,9 @@ _last_clf: tuple[int, str] = (-1, "")
 # Trace ids come from a generator of our own: a function that seeds `random` must not make
 # them repeat.
 _ids = random.Random()
+# The version (4) and variant bits of a random UUID.
+_UUID_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 class MalformedResponse(Exception):
@@ -129,12 +135,20 @@ def _parse_query(query_string: bytes) -> tuple[dict[str, str], dict[str, list[st
 
 
 def _event_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
-    if content_type and content_type.partition(";")[0].strip().lower() == "application/json":
+    if not body:  # as below, without the work
+        return "", not _is_json(content_type)
+    if _is_json(content_type):
         try:
             return body.decode("utf-8"), False
         except UnicodeDecodeError:
             pass
     return base64.b64encode(body).decode("ascii"), True
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
 def _clf_time(epoch: int) -> str:
@@ -207,10 +221,8 @@ def build_http_event(
 
 def new_id() -> str:
     """A random (version 4) UUID as text, for trace ids; names, not secrets."""
-    bits = _ids.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)  # version 4
-    bits = bits & ~(0xC000 << 48) | (0x8000 << 48)  # RFC 4122 variant
-    text = f"{bits:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = "%032x" % (_ids.getrandbits(128) & _UUID_MASK | _UUID_BITS)
+    return "-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:]))
 
 
 def build_raw_event(body: bytes) -> str:
@@ -346,6 +358,34 @@ def map_http_response(result: object) -> tuple[int, list[tuple[bytes, bytes]], b
     headers = _response_headers(result.get("headers"), result.get("multiValueHeaders"))
     body = _response_body(result.get("body"), result.get("isBase64Encoded"))
     return status, headers, body
+
+
+def map_http_response_lines(result: object) -> tuple[int, bytes, bytes]:
+    """map_http_response, with the headers as the header section's lines (`Name: value` CRLF
+    each): (status, lines, body). The lines of a `headers` map seen before, without
+    multiValueHeaders, come from a cache: a function mostly answers with the same few."""
+    if not isinstance(result, dict):
+        raise MalformedResponse(f"the result must be an object (dict), got {_type(result)}")
+    status = _status_code(result.get("statusCode"))
+    lines = _response_lines(result.get("headers"), result.get("multiValueHeaders"))
+    body = _response_body(result.get("body"), result.get("isBase64Encoded"))
+    return status, lines, body
+
+
+def _response_lines(headers: object, multi_headers: object) -> bytes:
+    key = None
+    if multi_headers is None and type(headers) is dict:
+        try:
+            key = tuple(headers.items())
+            lines = _lines_cache.get(key)
+        except TypeError:  # an unhashable value: refused below
+            key = lines = None
+        if lines is not None:
+            return lines
+    lines = header_lines(_response_headers(headers, multi_headers))
+    if key is not None and len(_lines_cache) < _CACHE_LIMIT:
+        _lines_cache[key] = lines  # only a map that passed every check gets here
+    return lines
 
 
 def map_raw_response(result: object) -> bytes:
