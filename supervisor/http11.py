@@ -13,7 +13,9 @@ The layer owns what a server owes HTTP itself, so that the app need not:
   arrives, sent in its turn with `Connection: close`, counted in `stats` and never logged: a
   log line per bad request would be an amplifier for whoever sends them.
 - Keep-alive and pipelining: answers go out in order, one request at a time is with the app, and
-  while it is, at most one read's worth of later requests is buffered (reading pauses).
+  while it is, at most one read's worth of later requests is buffered (reading pauses). An app
+  may hold a connection after an answer (Request.respond's hold_s): its next request is read
+  no sooner, which makes a client that retries a refusal at once wait in the kernel.
 - Write flow control: no further request goes to the app while the client is not taking what
   was written.
 - Deadlines: a request must arrive whole within read_timeout_s of its first byte, an idle
