@@ -66,7 +66,6 @@ def _serve(
     memory: PeakMemory | None,
     stamp: logsetup.RequestIdStamp,
 ) -> None:
-    _schedule_as_batch()
     runtime_pid = os.getpid()
     while (frame := channel.receive()) is not None:
         _, call_id, request_id, deadline_ms, request, body = frame
@@ -211,15 +210,6 @@ def _unread_output() -> int:
         if _unread[0]:
             output |= flag
     return output
-
-
-def _schedule_as_batch() -> None:
-    """Run under SCHED_BATCH: a worker woken by a call then does not preempt the supervisor
-    that woke it, which on a small machine cost the supervisor a context switch per call."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (OSError, AttributeError):
-        pass
 
 
 def _flush_output() -> None:
