@@ -70,12 +70,23 @@ def _load_table(name: str, runs: list[dict[str, Any]]) -> str:
         rows.append([run["label"], str(run["connections"]), f"{run['rps']:,.0f}",
                      _spread(run["rounds_rps"]), ratio,
                      _ms(run["p50_ms"]), _ms(run["p90_ms"]), _ms(run["p99_ms"]),
-                     _ms(run["max_ms"]), _errors(run)])
+                     _ms(run["max_ms"]), *_cpu_cells(run), _errors(run)])
     title = (f"{name}: {scenario.description}  (rounds: spread of the rounds' req/s; "
-             "sfs/x: sfsupervisor's req/s over this row's)")
+             "sfs/x: sfsupervisor's req/s over this row's; cpu: CPU per request of the main "
+             "process + the workers, in µs and in U, uvicorn in-process's CPU per request)")
     return title + "\n" + _table(
         ["server", "conns", "req/s", "rounds", "sfs/x", "p50 ms", "p90 ms", "p99 ms", "max ms",
-         "errors (4xx/5xx + socket)"], rows)
+         "cpu µs", "cpu U", "errors (4xx/5xx + socket)"], rows)
+
+
+def _cpu_cells(run: dict[str, Any]) -> list[str]:
+    """CPU per request, main process + workers: in µs, and in U when uvicorn ran too."""
+    used = run.get("cpu_us")
+    if not used:
+        return ["-", "-"]
+    in_u = run.get("cpu_u")
+    return [f"{used['main']:.0f}+{used['workers']:.0f}",
+            f"{in_u['main']:.2f}+{in_u['workers']:.2f}" if in_u else "-"]
 
 
 def _spread(rounds_rps: list[float]) -> str:
@@ -261,8 +272,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ff = [hello[key] for key in ("ff", "ff-asgi") if key in hello]
     fastest_ff = max(ff, key=lambda run: run["rps"]) if ff else None
     return [
-        _throughput_target("≥ 1.5x gunicorn sync req/s, lower p99", ours, hello.get("gunicorn"),
-                           1.5, p99_too=True),
+        _cpu_target("supervisor CPU per call ≤ 1.2 U", ours, "main", 1.2),
+        _cpu_target("worker CPU per call ≤ 1.0 U", ours, "workers", 1.0),
+        _throughput_target("≥ 2.5x gunicorn sync req/s, p99 ≤ 0.6x gunicorn's", ours,
+                           hello.get("gunicorn"), 2.5, p99_factor=0.6),
         _throughput_target("≥ 1.0x functions-framework's fastest mode", ours, fastest_ff, 1.0),
         _throughput_target("≥ 0.6x uvicorn in-process", ours, hello.get("uvicorn"), 0.6),
         _recovery_target(results["recovery"]),
@@ -270,16 +283,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _cpu_target(text: str, ours: dict | None, part: str, limit_u: float) -> dict[str, Any]:
+    if not ours or not ours.get("cpu_u"):
+        return {"target": text, "measured": "not measured (needs uvicorn in the run)",
+                "met": None}
+    value = ours["cpu_u"][part]
+    return {"target": text, "met": value <= limit_u, "value_u": value,
+            "measured": f"{value:.2f} U ({ours['cpu_us'][part]:.0f} µs; U = "
+                        f"{ours['u_us']:.0f} µs, uvicorn in-process's CPU per request)"}
+
+
 def _throughput_target(text: str, ours: dict | None, peer: dict | None, factor: float,
-                       p99_too: bool = False) -> dict[str, Any]:
+                       p99_factor: float | None = None) -> dict[str, Any]:
     if not ours or not peer or not peer["rps"]:
         return {"target": text, "measured": "not measured", "met": None}
     ratio = ours["rps"] / peer["rps"]
     measured = f"{ratio:.2f}x {peer['label']} ({ours['rps']:,.0f} vs {peer['rps']:,.0f} req/s)"
     met = ratio >= factor
-    if p99_too:
-        measured += f"; p99 {ours['p99_ms']:.2f} vs {peer['p99_ms']:.2f} ms"
-        met = met and ours["p99_ms"] < peer["p99_ms"]
+    if p99_factor is not None:
+        measured += (f"; p99 {ours['p99_ms']:.2f} vs {peer['p99_ms']:.2f} ms "
+                     f"({ours['p99_ms'] / peer['p99_ms']:.2f}x)")
+        met = met and ours["p99_ms"] <= p99_factor * peer["p99_ms"]
     return {"target": text, "measured": measured, "met": met, "ratio": ratio}
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import client, loadgen, overload, probes, soak
+from benchmarks import client, cpu, loadgen, overload, probes, soak
 from benchmarks.progress import Progress
 from benchmarks.scenarios import (
     COLDSTART_ENTRY,
@@ -196,30 +196,40 @@ class Suite:
     def _measure(self, scenario: LoadScenario, contenders: list[Contender], count: int) -> None:
         """Round after round, every live server in turn; figures combined per server."""
         rounds: dict[str, list[loadgen.Measurement]] = {c.peer.key: [] for c in contenders}
+        used = {c.peer.key: cpu.CpuTimes() for c in contenders}
         total = self.settings.rounds
         for number in range(1, total + 1):
             for contender in list(contenders):
                 self._progress.begin(f"{scenario.name} · {contender.title} · {count} connections"
                                      f" · round {number}/{total} · {self.settings.duration_s:g} s")
                 try:
-                    rounds[contender.peer.key].append(self._run_once(scenario, contender, count))
+                    measured, cpu_used = self._run_once(scenario, contender, count)
                 except _FAILURES as exc:
                     self._fail(scenario.name, contender.peer, contender.title, exc)
                     contenders.remove(contender)
+                    continue
+                rounds[contender.peer.key].append(measured)
+                used[contender.peer.key] += cpu_used
+        records = []
         for contender in contenders:
             measured = loadgen.combine(rounds[contender.peer.key])
-            self.results["runs"].append(_run_record(
+            records.append(_run_record(
                 scenario.name, contender, count, measured,
-                [round(m.rps, 1) for m in rounds[contender.peer.key]]))
+                [round(m.rps, 1) for m in rounds[contender.peer.key]],
+                cpu.per_request_us(used[contender.peer.key], measured.requests)))
+        _add_u(records)
+        self.results["runs"] += records
 
     def _run_once(self, scenario: LoadScenario, contender: Contender,
-                  count: int) -> loadgen.Measurement:
+                  count: int) -> tuple[loadgen.Measurement, cpu.CpuTimes]:
         server = contender.server
+        before = cpu.read(server)
         measured = loadgen.run(server.port, scenario.load, count, self.settings.duration_s,
                                self._work)
+        used = cpu.read(server) - before
         server.check_alive()
         _settle(server)
-        return measured
+        return measured, used
 
     def _check(self, scenario: LoadScenario, server: Server) -> None:
         """One request by hand: the server must give the scenario's expected answer."""
@@ -343,10 +353,22 @@ def _settle(server: Server) -> None:
     time.sleep(SETTLE_PAUSE_S)
 
 
+def _add_u(records: list[dict[str, Any]]) -> None:
+    """Each run's CPU per request in units of U: uvicorn in-process's whole CPU per request in
+    the same scenario and connection count (none when uvicorn did not run)."""
+    reference = next((r["cpu_us"]["total"] for r in records if r["server"] == "uvicorn"), None)
+    for record in records:
+        record["u_us"] = reference
+        record["cpu_u"] = ({part: round(us / reference, 2) for part, us in record["cpu_us"].items()}
+                           if reference else None)
+
+
 def _run_record(scenario: str, contender: Contender, connections: int,
-                measured: loadgen.Measurement, rounds_rps: list[float]) -> dict[str, Any]:
+                measured: loadgen.Measurement, rounds_rps: list[float],
+                cpu_us: dict[str, float]) -> dict[str, Any]:
     errors = measured.errors
     return {
+        "cpu_us": cpu_us,
         "scenario": scenario, "server": contender.peer.key, "label": contender.title,
         "connections": connections, "requests": measured.requests,
         "duration_s": round(measured.duration_s, 3), "rounds_rps": rounds_rps,

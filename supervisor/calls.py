@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 
 class Ending(enum.Enum):
     """How a call ended, from the runtime's point of view."""
 
-    OK = "ok"  # the handler returned a value
+    OK = "ok"  # the handler returned a value (the worker's mapped response)
     FUNCTION_ERROR = "error"  # the handler raised
     INIT_ERROR = "init_error"  # the entry point does not import
-    UNSERIALIZABLE = "unserializable"  # the handler returned something JSON cannot carry
+    MALFORMED = "malformed"  # the handler returned something that is no platform response
     TIMEOUT = "timeout"  # the call (or the import before it) ran past its deadline
     CRASH = "crash"  # the worker died mid-call
     MEMORY = "memory"  # the instance used more memory than its limit
@@ -25,9 +24,11 @@ class Ending(enum.Enum):
     CANCELLED = "cancelled"  # the client went away while the call was waiting
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """An ending and what came with it: the returned value, or the error object."""
+class Outcome(NamedTuple):
+    """An ending and what came with it: the worker's response, or the error object.
+
+    A named tuple rather than a dataclass: one is made per call, and a tuple is made cheaply.
+    """
 
     ending: Ending
     value: Any = None
@@ -35,37 +36,44 @@ class Outcome:
 
 
 class Call:
-    """One invocation: the event, and the timings the REPORT line is made of.
+    """One invocation: the request as the worker gets it, and the timings of its REPORT line.
 
-    Timings are time.perf_counter() readings: the loop's clock is too coarse for a REPORT.
+    `request` and `body` are the CALL frame's fields (worker/protocol.py). Timings are
+    time.perf_counter() readings: the loop's clock is too coarse for a REPORT. The outcome goes
+    to `on_done` once, from whatever settles the call (an instance, the pool); it must not
+    raise, since those are in the middle of their own bookkeeping.
     """
 
     __slots__ = (
         "arrived_at",
         "background",
+        "body",
         "dispatched_at",
-        "event",
         "finished_at",
-        "future",
         "held_bytes",
         "init_duration_s",
         "instance_id",
+        "on_done",
+        "outcome",
         "peak_kb",
         "queued_at",
+        "request",
         "request_id",
     )
 
-    def __init__(self, request_id: str, event: Any, arrived_at: float,
-                 future: asyncio.Future[Outcome], held_bytes: int = 0,
+    def __init__(self, request_id: str, request: list[Any], body: bytes, arrived_at: float,
+                 on_done: Callable[[Call, Outcome], None], held_bytes: int = 0,
                  background: bool = False) -> None:
         self.request_id = request_id
-        self.event = event
+        self.request = request
+        self.body = body
         self.arrived_at = arrived_at
-        self.future = future
-        # Memory the waiting call holds in the supervisor (its request body, in its forms).
+        self.on_done = on_done
+        # Memory the waiting call holds in the supervisor (its request).
         self.held_bytes = held_bytes
         # Nobody waits for its answer (?integration=async): once accepted, it must run.
         self.background = background
+        self.outcome: Outcome | None = None
         self.dispatched_at: float | None = None
         self.finished_at: float | None = None
         self.init_duration_s: float | None = None
@@ -74,6 +82,7 @@ class Call:
         self.queued_at: float | None = None
 
     def resolve(self, outcome: Outcome) -> None:
-        """Hand the outcome to whoever awaits the call (once; later outcomes are ignored)."""
-        if not self.future.done():
-            self.future.set_result(outcome)
+        """Hand the outcome to on_done (once; later outcomes are ignored)."""
+        if self.outcome is None:
+            self.outcome = outcome
+            self.on_done(self, outcome)

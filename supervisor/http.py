@@ -1,10 +1,17 @@
-"""The HTTP front: an ASGI app that turns a request into a call and the outcome into a response.
+"""The HTTP front: each request that reaches the function path becomes a call, and its outcome
+the response.
 
-It runs under uvicorn (httptools, uvloop). The platform's event and response rules live in
-events.py and responses.py; this module reads the body within its limit, picks the integration
-(HTTP, raw, async), admits the call to the pool, withdraws it if the client leaves while it
-waits, and writes the call's END/ERROR/REPORT lines. Three paths belong to the supervisor and
-are never passed to the function: /healthz, /readyz and /metrics.
+The HTTP/1.1 connection layer (http11.py) hands over a request once it has arrived whole; this
+module picks the integration (HTTP, raw, async), admits the call to the pool, withdraws it if the
+client leaves while it waits, and answers with the outcome, mapped and checked by
+responses.py, with the call's X-Request-Id. It also writes the call's END/ERROR/REPORT lines (its
+START line is the instance's, at dispatch). Three paths belong to the supervisor and are never
+passed to the function: /healthz, /readyz and /metrics.
+
+Nothing here builds the platform's event or maps a result: the worker does (worker/events.py),
+from the request's raw parts, so that the one supervisor process every call crosses does as
+little per call as it can. When the queue is full, a request with a body is refused before the
+body is read (head_received): under overload, a refusal must cost less than a call.
 """
 
 from __future__ import annotations
@@ -14,202 +21,195 @@ import functools
 import logging
 import time
 from random import getrandbits
-from typing import Any
 from urllib.parse import parse_qsl
 
-from supervisor import events, logs, responses
+from supervisor import logs, responses
 from supervisor.calls import Call, Ending, Outcome
-from supervisor.config import MB, Config
-from supervisor.connections import CONNECTION
+from supervisor.config import Config
+from supervisor.http11 import Answer, Request
 from supervisor.metrics import OUTCOME_OF_ENDING, Metrics
 from supervisor.pool import Pool
 
 _INTEGRATIONS = ("raw", "async")
+# Refusals (429) logged one by one per second; beyond that they are counted (logs.RefusalLines).
+REFUSAL_LINES_PER_S = 20
+# A client refused with 429 on a keep-alive connection has its next request read no sooner
+# than this: hundreds of clients retrying at once would otherwise take the loop's time from the
+# calls it serves and from /healthz, without a call more being served.
+REFUSED_HOLD_S = 0.2
 _TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
+_REQUEST_ID = b"X-Request-Id"
+# The version (4) and variant bits of a random UUID.
+_UUID_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
+class _HttpCall(Call):
+    """A call made for an HTTP request: the request to answer (None once answered)."""
+
+    __slots__ = ("http_request",)
 
 
 class FunctionApp:
-    """The ASGI application serving the function at every path but the reserved ones."""
+    """The http11 App serving the function at every path but the reserved ones."""
 
     def __init__(self, pool: Pool, metrics: Metrics, config: Config, log: logs.Log) -> None:
         self._pool = pool
         self._metrics = metrics
         self._config = config
         self._log = log
-        self._loop = asyncio.get_running_loop()
+        self._refusal_lines = logs.RefusalLines(log, REFUSAL_LINES_PER_S,
+                                                asyncio.get_running_loop())
         self._reserved = {
-            "/healthz": self._live,
-            "/readyz": self._ready,
-            "/metrics": self._scrape,
+            b"/healthz": self._live,
+            b"/readyz": self._ready,
+            b"/metrics": self._scrape,
         }
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        reserved = self._reserved.get(scope["path"])
+    def head_received(self, request: Request) -> Answer | None:
+        """429 before the body is read, for a request with a body that could not be queued."""
+        body_bytes = _declared_body_bytes(request)
+        if not body_bytes or request.path in self._reserved:
+            return None  # nothing to spare reading: handle() answers, keeping the connection
+        refusal = self._pool.refusal(max(body_bytes, 0))
+        if refusal is None:
+            return None
+        return self._refusal(429, refusal, "TooManyRequests", logged=True)
+
+    def handle(self, request: Request) -> None:
+        reserved = self._reserved.get(request.path)
         if reserved is not None:
-            status, headers, body = reserved()
-            return await _send(send, status, headers, body, None)
-        request_id = new_id()
-        try:
-            status, headers, body = await self._invoke(scope, receive, request_id)
-        except _ClientGone:
+            request.respond(*reserved())
             return
-        if status:
-            await _send(send, status, headers, body, request_id)
+        query = request.query
+        raw = background = False
+        if b"integration=" in query:
+            integration = _integration(query)
+            if integration is not None and integration not in _INTEGRATIONS:
+                request.respond(*self._refusal(
+                    400, f"unknown integration {integration!r}: use raw or async", "BadRequest",
+                    logged=False))
+                return
+            raw = integration is not None
+            background = integration == "async"
+        self._submit(request, raw, background)
 
-    async def _invoke(self, scope: dict[str, Any], receive: Any,
-                      request_id: str) -> tuple[int, responses.Headers, bytes]:
-        """Run the request's call; status 0 means the client is gone and gets no answer."""
-        body = await _read_body(scope, receive, self._config.max_request_bytes)
-        if body is None:
-            limit_mb = self._config.max_request_bytes / MB
-            return self._refuse(413, f"request body is larger than the {limit_mb:g} MB limit",
-                                "RequestTooLarge")
-        integration = _integration(scope["query_string"])
-        if integration is not None and integration not in _INTEGRATIONS:
-            return self._refuse(400, f"unknown integration {integration!r}: use raw or async",
-                                "BadRequest")
-        event = self._event(scope, body, request_id, integration)
-        call = Call(request_id, event, time.perf_counter(), self._loop.create_future(),
-                    held_bytes=len(body) + len(event["body"] if integration is None else event),
-                    background=integration == "async")
-        if call.background:
-            return self._run_in_background(call)
+    def _submit(self, request: Request, raw: bool, background: bool) -> None:
+        body = request.body
+        ip, port = request.client or ("", 0)
+        call = _HttpCall(new_id(), [raw, request.method, request.query, request.headers, ip, port,
+                                    time.time()],
+                         body, time.perf_counter(), self._finish, len(body), background)
+        call.http_request = request
         self._pool.submit(call)
-        if call.dispatched_at is None and not call.future.done():
-            await self._wait_in_queue(call, scope)
-        return self._finish(call, await call.future, raw=integration == "raw")
+        if call.outcome is not None:
+            return  # answered already: refused at once, or served from a spare in no time
+        if background:
+            call.http_request = None
+            request.respond(202, [(_REQUEST_ID, call.request_id.encode())], b"")
+        elif call.dispatched_at is None:
+            request.on_disconnect = functools.partial(self._pool.withdraw, call)
 
-    def _event(self, scope: dict[str, Any], body: bytes, request_id: str,
-               integration: str | None) -> Any:
-        if integration is not None:
-            return events.build_raw_event(body)
-        return events.build_http_event(
-            scope["method"], scope["query_string"], scope["headers"], body, scope.get("client"),
-            request_id, new_id(), time.time())
-
-    async def _wait_in_queue(self, call: Call, scope: dict[str, Any]) -> None:
-        """Wait for the queued call to end, withdrawing it if the client disconnects first."""
-        connection = scope[CONNECTION]
-        connection.on_disconnect = functools.partial(self._pool.withdraw, call)
+    def _finish(self, call: Call, outcome: Outcome) -> None:
+        """The call's outcome: count it, log it, answer it (call.on_done)."""
         try:
-            await call.future
-        finally:
-            connection.on_disconnect = None
+            status, headers, lines, body, error_message = responses.render(
+                outcome, self._config.max_response_bytes)
+            self._metrics.call_ended(call, OUTCOME_OF_ENDING[outcome.ending])
+            self._log_end(call, status, error_message)
+            request = call.http_request  # type: ignore[attr-defined]
+            if request is not None:
+                call.http_request = None  # type: ignore[attr-defined]
+                headers.append((_REQUEST_ID, call.request_id.encode()))
+                hold_s = REFUSED_HOLD_S if outcome.ending is Ending.REJECTED else 0.0
+                request.respond(status, headers, body, lines, hold_s)
+        except Exception as exc:  # the pool is mid-bookkeeping: never raise into it
+            self._log.error(f"answering call {call.request_id} failed: "
+                            f"{type(exc).__name__}: {exc}")
 
-    def _finish(self, call: Call, outcome: Outcome,
-                raw: bool) -> tuple[int, responses.Headers, bytes]:
-        status, headers, body, error_message = responses.render(outcome, raw)
-        self._metrics.call_ended(call, OUTCOME_OF_ENDING[outcome.ending])
-        self._log_end(call, status, error_message)
-        if outcome.ending is Ending.CANCELLED:
-            return 0, [], b""
-        return status, headers, body
-
-    def _run_in_background(self, call: Call) -> tuple[int, responses.Headers, bytes]:
-        """202 once the call is admitted; a call refused at once is answered as refused."""
-        self._pool.submit(call)
-        if call.future.done():
-            return self._finish(call, call.future.result(), raw=True)
-        call.future.add_done_callback(lambda done: self._finish(call, done.result(), raw=True))
-        return 202, [], b""
-
-    def _refuse(self, status: int, message: str,
-                error_type: str) -> tuple[int, responses.Headers, bytes]:
+    def _refusal(self, status: int, message: str, error_type: str, logged: bool) -> Answer:
+        """The answer to a request refused before it became a call (`logged`: with a line)."""
         self._metrics.count_refusal()
-        _, headers, body, _ = responses.error(
+        request_id = new_id()
+        if logged:
+            self._refusal_lines.write(
+                request_id, logs.error_line(request_id, status, f"{error_type}: {message}"))
+        status, headers, _, body, _ = responses.error(
             status, {"errorMessage": message, "errorType": error_type}, function_error=False)
+        headers.append((_REQUEST_ID, request_id.encode()))
         return status, headers, body
 
     def _log_end(self, call: Call, status: int, error_message: str | None) -> None:
-        write, rid, instance = self._log.write, call.request_id, call.instance_id
-        if call.dispatched_at is None or call.finished_at is None:
-            if error_message is not None:  # it never reached an instance
-                level = logging.INFO if status == 499 else logging.WARNING
-                write(level, logs.error_line(rid, status, error_message), None, rid)
+        log, rid, instance = self._log, call.request_id, call.instance_id
+        dispatched_at, finished_at = call.dispatched_at, call.finished_at
+        if dispatched_at is None or finished_at is None or instance is None:
+            if error_message is None:
+                return
+            line = logs.error_line(rid, status, error_message)  # it never reached an instance
+            if status == 429:
+                self._refusal_lines.write(rid, line)
+            else:
+                log.write(logging.INFO if status == 499 else logging.WARNING, line, None, rid)
             return
-        write(logging.INFO, logs.end_line(rid), instance, rid)
         if error_message is not None:
-            write(logging.ERROR, logs.error_line(rid, status, error_message), instance, rid)
+            log.write(logging.INFO, logs.end_line(rid), instance, rid)
+            log.write(logging.ERROR, logs.error_line(rid, status, error_message), instance, rid)
+        if log.level > logging.INFO:
+            return
         init_s = call.init_duration_s
-        duration_ms = (call.finished_at - call.dispatched_at + (init_s or 0.0)) * 1000
-        queuing_ms = (call.dispatched_at - call.arrived_at) * 1000
+        duration_ms = (finished_at - dispatched_at + (init_s or 0.0)) * 1000
         report = logs.report_line(rid, duration_ms, self._config.memory_mb, call.peak_kb,
-                                  queuing_ms, init_s * 1000 if init_s is not None else None)
-        write(logging.INFO, report, instance, rid)
+                                  (dispatched_at - call.arrived_at) * 1000,
+                                  init_s * 1000 if init_s is not None else None)
+        if error_message is None:
+            log.call_ended(instance, rid, report)
+        else:
+            log.write(logging.INFO, report, instance, rid)
 
     # -- the supervisor's own paths ----------------------------------------------------------------
 
-    def _live(self) -> tuple[int, responses.Headers, bytes]:
+    def _live(self) -> Answer:
         if self._pool.is_live():
             return 200, [_TEXT], b"ok\n"
         return 503, [_TEXT], (f"unhealthy: no worker could be started for "
                               f"{self._config.unhealthy_after_s:g} s\n").encode()
 
-    def _ready(self) -> tuple[int, responses.Headers, bytes]:
+    def _ready(self) -> Answer:
         if self._pool.is_ready():
             return 200, [_TEXT], b"ready\n"
         failure = self._pool.boot_failure
         if failure is not None:
-            _, headers, body, _ = responses.render(failure, raw=False)
+            _, headers, _, body, _ = responses.render(failure, self._config.max_response_bytes)
             return 503, headers, body
         return 503, [_TEXT], b"not ready: no instance is initialized\n"
 
-    def _scrape(self) -> tuple[int, responses.Headers, bytes]:
-        return 200, [(b"Content-Type", self._metrics.content_type.encode())], self._metrics.render()
+    def _scrape(self) -> Answer:
+        return 200, [(b"Content-Type", self._metrics.content_type)], self._metrics.render()
 
 
 def new_id() -> str:
-    """A random (version 4) UUID as text, for request and trace ids.
+    """A random (version 4) UUID as text, for request ids.
 
-    Drawn from `random`, not the OS: two ids per request from os.urandom cost two system calls,
-    and these ids are names, not secrets.
+    Drawn from `random`, not the OS: an id per request from os.urandom costs a system call, and
+    these ids are names, not secrets.
     """
-    bits = getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)  # version 4
-    bits = bits & ~(0xC000 << 48) | (0x8000 << 48)  # RFC 4122 variant
-    text = f"{bits:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = "%032x" % (getrandbits(128) & _UUID_MASK | _UUID_BITS)
+    return "-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:]))
 
 
-class _ClientGone(Exception):
-    """The client disconnected before its request arrived whole."""
-
-
-async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | None:
-    """The request body, or None when it is larger than the limit (read no further then)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            return None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _declared_body_bytes(request: Request) -> int:
+    """The body's Content-Length, -1 for a chunked body (length unknown), or 0 for none."""
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # llhttp has checked it is all digits
+        if name == b"transfer-encoding":
+            return -1
+    return 0
 
 
 def _integration(query_string: bytes) -> str | None:
-    if b"integration=" not in query_string:
-        return None
     value = None
     for name, item in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if name == "integration":
             value = item
     return value
-
-
-async def _send(send: Any, status: int, headers: responses.Headers, body: bytes,
-                request_id: str | None) -> None:
-    headers.append((b"Content-Length", str(len(body)).encode()))
-    if request_id is not None:
-        headers.append((b"X-Request-Id", request_id.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

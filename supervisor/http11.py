@@ -13,7 +13,9 @@ The layer owns what a server owes HTTP itself, so that the app need not:
   arrives, sent in its turn with `Connection: close`, counted in `stats` and never logged: a
   log line per bad request would be an amplifier for whoever sends them.
 - Keep-alive and pipelining: answers go out in order, one request at a time is with the app, and
-  while it is, at most one read's worth of later requests is buffered (reading pauses).
+  while it is, at most one read's worth of later requests is buffered (reading pauses). An app
+  may hold a connection after an answer (Request.respond's hold_s): its next request is read
+  no sooner, which makes a client that retries a refusal at once wait in the kernel.
 - Write flow control: no further request goes to the app while the client is not taking what
   was written.
 - Deadlines: a request must arrive whole within read_timeout_s of its first byte, an idle
@@ -125,16 +127,20 @@ class Request:
         self._keep_alive = keep_alive
         self._connection: _Connection | None = None  # while it is with App.handle
 
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+    def respond(self, status: int, headers: Headers, body: bytes,
+                header_lines: bytes = b"", hold_s: float = 0.0) -> None:
         """Answer the request, now or later, once; a no-op when the client has left.
 
         The layer adds Content-Length, Date and, when it will close, `Connection: close`; the
-        headers must not repeat those. A HEAD request gets the headers only.
+        headers must not repeat those. `header_lines` are more headers, already rendered
+        (`Name: value` CRLF each) and checked by the caller. A HEAD request gets the headers
+        only. With `hold_s`, the connection's next request is taken no sooner than that (a
+        client told to back off, that retries at once, waits there instead of in the app).
         """
         connection = self._connection
         if connection is not None:
             self._connection = None
-            connection.write_response(self, status, headers, body)
+            connection.write_response(self, status, headers, body, header_lines, hold_s)
 
 
 class App(Protocol):
@@ -249,8 +255,9 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body", "_body_bytes", "_chunked", "_client", "_content_length", "_continue_due",
-        "_current", "_done_reading", "_expects_continue", "_head_bytes", "_headers", "_limits",
-        "_loop", "_parser", "_peer_eof", "_progressed", "_queue", "_read_paused", "_receiving",
+        "_current", "_done_reading", "_expects_continue", "_head_bytes", "_headers", "_held",
+        "_limits", "_loop", "_parser", "_peer_eof", "_progressed", "_queue", "_read_paused",
+        "_receiving",
         "_request", "_server", "_serving", "_stalled_bytes", "_target", "_transport",
         "_upgrade", "_write_paused", "deadline", "deadline_kind", "write_deadline",
     )
@@ -265,7 +272,7 @@ class _Connection(asyncio.Protocol):
         # Whole requests (or a rendered refusal, as bytes) waiting for their turn.
         self._queue: deque[Request | bytes] = deque()
         self._current: Request | None = None  # the request with the app
-        self._serving = False
+        self._serving = self._held = False
         self._done_reading = False  # input is no longer parsed: a refusal, or a last request
         self._peer_eof = False
         self._read_paused = False
@@ -431,7 +438,7 @@ class _Connection(asyncio.Protocol):
     # -- answering ------------------------------------------------------------------------------
 
     def write_response(self, request: Request, status: int, headers: Headers,
-                       body: bytes) -> None:
+                       body: bytes, header_lines: bytes = b"", hold_s: float = 0.0) -> None:
         """Write the current request's response (see Request.respond)."""
         transport = self._transport
         if transport.is_closing():
@@ -445,13 +452,16 @@ class _Connection(asyncio.Protocol):
         elif request.method == "HEAD":
             body = b""
         if len(body) < GATHER_BODY_BYTES:
-            transport.write(_head(status, headers, length, server.date_line(), keep_alive, body))
+            transport.write(_head(status, headers, length, server.date_line(), keep_alive, body,
+                                  header_lines))
         else:
-            transport.writelines(
-                (_head(status, headers, length, server.date_line(), keep_alive, b""), body))
+            transport.writelines((_head(status, headers, length, server.date_line(),
+                                        keep_alive, b"", header_lines), body))
         self._current = None
         if not keep_alive:
             self._close()
+        elif hold_s > 0:
+            self._hold(hold_s)
         elif not self._serving:
             self._advance()
 
@@ -481,14 +491,29 @@ class _Connection(asyncio.Protocol):
                 stats.keepalive_timeouts += 1
             self._close()
 
+    def _hold(self, seconds: float) -> None:
+        """Take no further request for `seconds` (see Request.respond); nothing is read meanwhile,
+        and the deadlines wait too."""
+        self._held = True
+        self.deadline = _INF
+        if not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()
+        self._loop.call_later(seconds, self._release)
+
+    def _release(self) -> None:
+        self._held = False
+        if self._current is None and not self._transport.is_closing():
+            self._advance()
+
     def _advance(self) -> None:
         """Hand queued requests to the app in order while nothing holds the connection up."""
-        if self._serving:
+        if self._serving or self._held:
             return  # a response written from inside App.handle: the loop below goes on
         self._serving = True
         try:
             while (self._current is None and self._queue and not self._write_paused
-                   and not self._transport.is_closing()):
+                   and not self._held and not self._transport.is_closing()):
                 item = self._queue.popleft()
                 if isinstance(item, bytes):
                     self._transport.write(item)
@@ -498,7 +523,7 @@ class _Connection(asyncio.Protocol):
                 self._dispatch(item)
         finally:
             self._serving = False
-        if self._current is None and not self._write_paused \
+        if self._current is None and not self._write_paused and not self._held \
                 and not self._transport.is_closing():
             self._await_request()
 
@@ -607,9 +632,9 @@ class _Connection(asyncio.Protocol):
 
 
 def _head(status: int, headers: Headers, content_length: int | None, date_line: bytes,
-          keep_alive: bool, body: bytes) -> bytes:
+          keep_alive: bool, body: bytes, header_lines: bytes = b"") -> bytes:
     """A response's status line and header section, and then `body`."""
-    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, header_lines]
     for name, value in headers:
         lines += (name, b": ", value, b"\r\n")
     if content_length is not None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import fcntl
-import logging
+import math
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -36,6 +35,9 @@ _FRAME_PIPE_BYTES = 1024 * 1024  # fewer partial writes for megabyte bodies
 # The platform retires an instance with SIGTERM and sends SIGKILL 50 ms later.
 RETIRE_GRACE_S = 0.05
 FRAME_EOF_GRACE_S = 0.1
+_REPLIES = frozenset((protocol.RESPONSE, protocol.FAILURE, protocol.MALFORMED))
+# Which bit of a reply's `output` field stands for each output pipe, stdout's first.
+_OUTPUT_FLAGS = (protocol.OUTPUT_STDOUT, protocol.OUTPUT_STDERR)
 
 
 class State(enum.Enum):
@@ -56,6 +58,7 @@ class PoolHooks(Protocol):
     def instance_idle(self, instance: Instance) -> None: ...
     def instance_lost(self, instance: Instance, boot_failure: Outcome | None) -> None: ...
     def instance_reaped(self, instance: Instance) -> None: ...
+    def deadline_set(self, deadline: float) -> None: ...
 
 
 class Instance:
@@ -73,6 +76,8 @@ class Instance:
         self.stale: str | None = None
         self.pid = 0
         self.request_id: str | None = None
+        # The current call's deadline in the loop's time; the pool's one timer watches it.
+        self.call_deadline = math.inf
         self.init_duration_s: float | None = None
         self.calls_served = 0
         # Why the instance ended: timeout, memory, crash, protocol, init_failure, recycle, ...
@@ -91,10 +96,9 @@ class Instance:
         self._pidfd = -1
         self._to_worker = -1
         self._from_worker = -1
-        self._unsent = bytearray()
+        self._unsent: list[memoryview] = []
         self._unpacker = protocol.unpacker(protocol.frame_cap(config.max_response_bytes))
         self._outputs: list[logs.OutputCapture] = []
-        self._output_poll = select.poll()
         self._exited = False
         self._started_at = 0.0
 
@@ -130,8 +134,7 @@ class Instance:
         self._timer = self._loop.call_later(self._config.timeout_s, self._on_init_deadline)
 
     def dispatch(self, call: Call) -> None:
-        """Send a call to the worker and arm its deadline."""
-        now = self._loop.time()
+        """Send a call to the worker; the pool's deadline sweep watches its deadline."""
         budget_s = self._config.timeout_s
         if self.calls_served == 0 and self.init_duration_s is not None:
             # As on the platform, an instance's first call pays for its initialization.
@@ -140,17 +143,17 @@ class Instance:
         self._call_seq += 1
         self._call = call
         self.calls_served += 1
-        self.request_id = call.request_id
+        self.request_id = request_id = call.request_id
         self.state = State.BUSY
         call.dispatched_at = time.perf_counter()
         call.instance_id = self.id
         self.memory.call_started()
+        self._log.call_started(self.id, request_id, self._config.function_version)
         deadline_ms = int((time.time() + budget_s) * 1000)
-        self._log.write(logging.INFO,
-                        logs.start_line(call.request_id, self._config.function_version),
-                        self.id, call.request_id)
-        self._send([protocol.CALL, self._call_seq, call.event, call.request_id, deadline_ms])
-        self._timer = self._loop.call_at(now + budget_s, self._on_deadline)
+        self._send_parts(protocol.pack_with_body(
+            [protocol.CALL, self._call_seq, request_id, deadline_ms, call.request], call.body))
+        self.call_deadline = deadline = self._loop.time() + budget_s
+        self._pool.deadline_set(deadline)
 
     def retire(self, reason: str) -> None:
         """Stop the worker the platform's way: SIGTERM, then SIGKILL shortly after.
@@ -232,9 +235,6 @@ class Instance:
             logs.OutputCapture(stdout_r, "stdout", self, self._log, self._loop),
             logs.OutputCapture(stderr_r, "stderr", self, self._log, self._loop),
         ]
-        # Most calls print nothing: one poll tells which output, if any, needs draining.
-        for fd in (stdout_r, stderr_r):
-            self._output_poll.register(fd, select.POLLIN)
         self._loop.add_reader(from_worker_r, self._on_frames_readable)
         self._loop.add_reader(self._pidfd, self._on_exit)
         if self.memory.oom_events_fd >= 0:
@@ -258,30 +258,39 @@ class Instance:
             pass
 
     def _send(self, frame: list[Any]) -> None:
-        data = protocol.pack(frame)
+        self._send_parts([protocol.pack(frame)])
+
+    def _send_parts(self, parts: list[bytes]) -> None:
+        """Write a frame's buffers to the worker; what the pipe does not take waits, uncopied,
+        until it does."""
         if self._unsent:
-            self._unsent += data
+            self._unsent += map(memoryview, parts)
             return
         try:
-            written = os.write(self._to_worker, data)
+            written = os.writev(self._to_worker, parts)
         except BlockingIOError:
             written = 0
         except OSError:
             return  # the worker is gone; its exit is handled by _on_exit
-        if written < len(data):
-            self._unsent += memoryview(data)[written:]
+        if written < (len(parts[0]) if len(parts) == 1 else sum(map(len, parts))):
+            self._unsent = _after(list(map(memoryview, parts)), written)
             self._loop.add_writer(self._to_worker, self._write_unsent)
 
     def _write_unsent(self) -> None:
         try:
-            written = os.write(self._to_worker, self._unsent)
+            written = os.writev(self._to_worker, self._unsent)
         except BlockingIOError:
             return
         except OSError:
-            written = len(self._unsent)
-        del self._unsent[:written]
+            written = sum(map(len, self._unsent))
+        self._unsent = _after(self._unsent, written)
         if not self._unsent:
             self._loop.remove_writer(self._to_worker)
+
+    def read_replies(self) -> None:
+        """Handle what the worker has sent so far, without waiting for the loop to report it."""
+        if self.state is State.BUSY and self._from_worker >= 0:
+            self._on_frames_readable()
 
     def _on_frames_readable(self) -> bool:
         """Read and handle what the worker sent; True if more may be waiting."""
@@ -311,24 +320,25 @@ class Instance:
             self._protocol_violation("the worker closed its frame pipe")
 
     def _handle_frame(self, frame: Any) -> None:
-        if self.state in (State.RETIRING, State.DEAD):
+        state = self.state
+        if state is State.RETIRING or state is State.DEAD:
             return  # a reply that lost the race against a kill
-        match frame:
-            case [protocol.RESULT, int(seq), value, int(peak_kb)] if self._is_current(seq):
-                self._complete(Outcome(Ending.OK, value), peak_kb)
-            case [protocol.FAILURE, int(seq), dict(error), int(peak_kb)] if self._is_current(seq):
-                self._complete(Outcome(Ending.FUNCTION_ERROR, _clean_error(error)), peak_kb)
-            case [protocol.UNSERIALIZABLE, int(seq), str(reason), str(payload), int(peak_kb)] \
-                    if self._is_current(seq):
-                self._complete(Outcome(Ending.UNSERIALIZABLE, payload, reason), peak_kb)
-            case [protocol.READY, protocol.VERSION, int() | float() as init_ms] \
-                    if self.state is State.STARTING:
-                self._ready(init_ms / 1000)
-            case [protocol.INIT_ERROR, dict(error)] if self.state is State.STARTING:
-                self._boot_failed(Outcome(Ending.INIT_ERROR, _clean_error(error)))
-            case [protocol.RESULT | protocol.FAILURE | protocol.UNSERIALIZABLE, int(seq), *_] \
-                    if seq <= self._call_seq:
+        if type(frame) is list and len(frame) >= 5 and frame[0] in _REPLIES:
+            seq = frame[1]
+            if state is State.BUSY and seq == self._call_seq:
+                outcome = _reply_outcome(frame)
+                if outcome is not None:
+                    self._complete(outcome, frame[2], frame[3])
+                    return
+            elif type(seq) is int and seq <= self._call_seq:
                 self._stray_reply(seq)
+                return
+        match frame:
+            case [protocol.READY, protocol.VERSION, int() | float() as init_ms] \
+                    if state is State.STARTING:
+                self._ready(init_ms / 1000)
+            case [protocol.INIT_ERROR, dict(error)] if state is State.STARTING:
+                self._boot_failed(Outcome(Ending.INIT_ERROR, _clean_error(error)))
             case _:
                 self._protocol_violation(f"unexpected frame {_describe(frame)}")
 
@@ -357,29 +367,42 @@ class Instance:
             self.id)
         self._pool.instance_ready(self)
 
-    def _complete(self, outcome: Outcome, reported_peak_kb: int) -> None:
-        self._cancel_timer()
-        self._finish(outcome, self.memory.call_peak_kb(reported_peak_kb))
+    def _complete(self, outcome: Outcome, reported_peak_kb: int, output: Any) -> None:
+        """The worker answered the current call: the instance takes the next waiting call
+        first, so that the worker runs it while the answer of this one is written."""
+        call = self._end_call(self.memory.call_peak_kb(reported_peak_kb), output)
         if self.state is State.BUSY and not self._exited:
             self.state = State.IDLE
             self._pool.instance_idle(self)
+        call.resolve(outcome)
 
-    def _finish(self, outcome: Outcome, peak_kb: int) -> None:
-        """End the current call: its output is logged first, then its outcome is handed over."""
+    def _finish(self, outcome: Outcome, peak_kb: int, output: Any = None) -> None:
+        """End the current call and hand its outcome over."""
+        self._end_call(peak_kb, output).resolve(outcome)
+
+    def _end_call(self, peak_kb: int, output: Any) -> Call:
+        """The current call's bookkeeping; its output is logged first, before its END line.
+
+        `output` says which output pipes still hold what the call wrote (the worker's word on
+        it, worker/protocol.py; None when there is none): those are read to the end first.
+        """
         call = self._call
         assert call is not None
-        readable = {fd for fd, _ in self._output_poll.poll(0)}
-        for output in self._outputs:
-            output.end_call(drain=output.fd in readable)
+        self.call_deadline = math.inf
+        if output != 0 or any(capture.holds_partial_line for capture in self._outputs):
+            for capture, flag in zip(self._outputs, _OUTPUT_FLAGS, strict=False):
+                capture.end_call(drain=not isinstance(output, int) or bool(output & flag))
         call.finished_at = time.perf_counter()
         call.peak_kb = peak_kb
         self._call = None
         self.request_id = None
         self._pool.call_finished(self)
-        call.resolve(outcome)
+        return call
 
-    def _on_deadline(self) -> None:
-        self._timer = None
+    def deadline_passed(self) -> None:
+        """The call's deadline has passed: kill the instance, the call times out."""
+        if self.state is not State.BUSY:
+            return
         # Read before the kill: a cgroup's peak, or the sampled tree's, beats the worker's own.
         peak_kb = self.memory.call_peak_kb(_resident_kb(self.pid))
         self.kill("timeout")
@@ -490,6 +513,34 @@ class Instance:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _reply_outcome(frame: list[Any]) -> Outcome | None:
+    """The outcome a well-formed reply [kind, call_id, peak_kb, output, ...] stands for; None
+    when the frame is not one.
+
+    Only the frame's shape is checked here; responses.render checks a response's content.
+    """
+    if type(frame[2]) is not int:
+        return None
+    kind = frame[0]
+    if kind == protocol.RESPONSE and len(frame) == 7:
+        return Outcome(Ending.OK, (frame[4], frame[5], frame[6]))
+    if kind == protocol.FAILURE and len(frame) == 5 and type(frame[4]) is dict:
+        return Outcome(Ending.FUNCTION_ERROR, _clean_error(frame[4]))
+    if kind == protocol.MALFORMED and len(frame) == 6 and type(frame[4]) is str \
+            and type(frame[5]) is str:
+        return Outcome(Ending.MALFORMED, frame[5], frame[4])
+    return None
+
+
+def _after(views: list[memoryview], written: int) -> list[memoryview]:
+    """What is left of the buffers once `written` bytes of them went out."""
+    while views and written >= len(views[0]):
+        written -= len(views.pop(0))
+    if views and written:
+        views[0] = views[0][written:]
+    return views
 
 
 def _pipe(opened: list[int]) -> tuple[int, int]:

@@ -2,8 +2,9 @@
 
 Everything goes to stderr, one line per record, as readable text or as JSON lines. Records are
 buffered and written once per event-loop iteration, so the per-call lines (START, END, REPORT)
-and the function's output cost a list append on the hot path, not a system call each. The
-writing itself never blocks and never fails the caller (see logsink.py).
+and the function's output cost a list append on the hot path, not a system call each; a call's
+END and REPORT lines are formatted together, and the time stamp's text is made once a second.
+The writing itself never blocks and never fails the caller (see logsink.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from supervisor.logsink import LogSink
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 _LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
+_PADDED_LEVEL_NAMES = {number: f"{name:<7}" for number, name in _LEVEL_NAMES.items()}
 
 # A worker line longer than this is cut: a function printing 50 MB without a newline must not
 # become a 50 MB string in the supervisor.
@@ -40,10 +42,11 @@ class Log:
         self._function = function
         self._sink = sink if sink is not None else LogSink()
         self._pending: list[str] = []
+        self._pending_lines = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
-        self._stamp_second = -1
-        self._stamp_prefix = ""
+        self._stamp_second = self._stamp_ms = -1
+        self._stamp_prefix = self._stamp = ""
 
     def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Batch writes on this loop; with None, write every record at once."""
@@ -69,8 +72,33 @@ class Log:
         if self._json:
             line = self._format_json(level, message, instance, request_id, stream)
         else:
-            line = self._format_text(level, message, instance, request_id)
-        self._pending.append(line)
+            line = f"{self._text_prefix(level, instance, request_id)}{message}\n"
+        self._add(line, 1)
+
+    def call_started(self, instance: int, request_id: str, version: str) -> None:
+        """A call's START line (written for every call: made with as little work as it can)."""
+        if self.level > logging.INFO:
+            return
+        if self._json:
+            self.write(logging.INFO, start_line(request_id, version), instance, request_id)
+            return
+        self._add(f"{self._timestamp()} INFO    [{instance} {request_id}] "
+                  f"START RequestID: {request_id} Version: {version}\n", 1)
+
+    def call_ended(self, instance: int, request_id: str, report: str) -> None:
+        """A call's END line and its REPORT line `report`, formatted together."""
+        if self.level > logging.INFO:
+            return
+        if self._json:
+            self.write(logging.INFO, end_line(request_id), instance, request_id)
+            self.write(logging.INFO, report, instance, request_id)
+            return
+        prefix = f"{self._timestamp()} INFO    [{instance} {request_id}] "
+        self._add(f"{prefix}END RequestID: {request_id}\n{prefix}{report}\n", 2)
+
+    def _add(self, text: str, lines: int) -> None:
+        self._pending.append(text)
+        self._pending_lines += lines
         if self._loop is None:
             self.flush()
         elif not self._flush_scheduled:
@@ -94,27 +122,32 @@ class Log:
         if not self._pending:
             return
         data = "".join(self._pending).encode("utf-8", "replace")
-        lines = len(self._pending)
+        lines = self._pending_lines
         self._pending.clear()
+        self._pending_lines = 0
         self._sink.write(data, lines)
 
     def _timestamp(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._stamp_second:
-            self._stamp_second = second
-            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp_prefix}.{int((now - second) * 1000):03d}Z"
+        """The time as ISO 8601 UTC with milliseconds; made anew only when the millisecond
+        changes, the date and time of day only when the second does."""
+        now_ms = int(time.time() * 1000)
+        if now_ms != self._stamp_ms:
+            self._stamp_ms = now_ms
+            second, ms = divmod(now_ms, 1000)
+            if second != self._stamp_second:
+                self._stamp_second = second
+                self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = f"{self._stamp_prefix}.{ms:03d}Z"
+        return self._stamp
 
-    def _format_text(self, level: int, message: str, instance: int | None,
-                     request_id: str | None) -> str:
+    def _text_prefix(self, level: int, instance: int | None, request_id: str | None) -> str:
         if request_id is not None:
             where = f"[{request_id}] " if instance is None else f"[{instance} {request_id}] "
         elif instance is not None:
             where = f"[{instance}] "
         else:
             where = ""
-        return f"{self._timestamp()} {_LEVEL_NAMES[level]:<7} {where}{message}\n"
+        return f"{self._timestamp()} {_PADDED_LEVEL_NAMES[level]} {where}"
 
     def _format_json(self, level: int, message: str, instance: int | None,
                      request_id: str | None, stream: str | None) -> str:
@@ -131,8 +164,43 @@ class Log:
         return json.dumps(record, ensure_ascii=False) + "\n"
 
 
+class RefusalLines:
+    """The lines of calls refused at once (429), at most `per_second` a second.
+
+    Under overload a line per refusal would write more log than the calls it refuses, and cost
+    the supervisor more than the refusal itself; beyond the budget, refusals are counted and
+    one line a second says how many went unlogged (the metrics count them all).
+    """
+
+    def __init__(self, log: Log, per_second: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._log = log
+        self._per_second = per_second
+        self._loop = loop
+        self._second = -1
+        self._written = 0
+        self._unwritten = 0
+
+    def write(self, request_id: str, line: str) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second = second
+            self._written = 0
+        if self._written < self._per_second:
+            self._written += 1
+            self._log.write(logging.WARNING, line, None, request_id)
+            return
+        if not self._unwritten:
+            self._loop.call_later(1.0, self._summarize)
+        self._unwritten += 1
+
+    def _summarize(self) -> None:
+        self._log.warning(f"{self._unwritten} more call(s) refused with 429 were not logged "
+                          f"one by one (at most {self._per_second} lines a second)")
+        self._unwritten = 0
+
+
 class LoggingBridge(logging.Handler):
-    """Sends records of the standard logging module (uvicorn's, asyncio's) to our Log."""
+    """Sends records of the standard logging module (asyncio's, the HTTP layer's) to our Log."""
 
     def __init__(self, log: Log) -> None:
         super().__init__()
@@ -168,6 +236,11 @@ class OutputCapture:
     @property
     def fd(self) -> int:
         return self._fd
+
+    @property
+    def holds_partial_line(self) -> bool:
+        """Whether part of a line (no newline yet) waits to be logged."""
+        return bool(self._partial or self._dropped_bytes)
 
     def end_call(self, drain: bool) -> None:
         """The call ended: log its output, reading what is left in the pipe if `drain`."""
@@ -252,7 +325,7 @@ def error_line(request_id: str, status: int, message: str) -> str:
 def report_line(request_id: str, duration_ms: float, memory_mb: int, used_kb: int,
                 queuing_ms: float, init_ms: float | None) -> str:
     """The platform's REPORT line; billed duration is rounded up to 100 ms."""
-    billed_ms = max(100, math.ceil(duration_ms / 100) * 100)
+    billed_ms = 100 if duration_ms <= 100 else math.ceil(duration_ms / 100) * 100
     line = (
         f"REPORT RequestID: {request_id} Duration: {duration_ms:.3f} ms "
         f"Billed Duration: {billed_ms} ms Memory Size: {memory_mb} MB "

@@ -2,10 +2,10 @@
 
 Data flow of one call (who sends what to whom, and what guards each step):
 
-    http.FunctionApp --Pool.run(call)--> an idle instance?
-        yes: Instance.dispatch(call) -- CALL frame --> worker        deadline: loop.call_at
-        no:  the call waits in _waiting (FIFO, in arrival order)
-    worker -- RESULT / FAILURE frame --> Instance --> call.future    the deadline is cancelled
+    http.FunctionApp --Pool.submit(call)--> an idle instance?
+        yes: Instance.dispatch(call) -- CALL frame --> worker        deadline: the one sweep
+        no:  the call waits in _waiting (FIFO, in arrival order)     timer (deadlines.py)
+    worker -- RESPONSE / FAILURE / MALFORMED frame --> Instance --> call.on_done
         --> Pool.instance_idle: the instance takes the oldest waiting call, or goes idle
     deadline passed: Instance kills the worker's process group, the call gets TIMEOUT,
         --> Pool.instance_lost: a replacement is spawned at once
@@ -50,6 +50,7 @@ from collections import deque
 from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import MB, Config
+from supervisor.deadlines import DeadlineSweep
 from supervisor.instance import Instance, State
 from supervisor.limits import MemoryEnforcement, OrphanReaper, children_map
 from supervisor.sandbox import Sandbox
@@ -63,6 +64,8 @@ TREE_RESCAN_TICKS = 50
 ORPHAN_SWEEP_DELAY_S = 0.05
 # Exited children that are no instance's (daemons a function detached) are reaped this often.
 ZOMBIE_SWEEP_S = 1.0
+# While calls are being refused, the busy workers' pipes are read at most this often.
+REPLY_POLL_INTERVAL_S = 0.0001
 _USABLE = (State.STARTING, State.IDLE, State.BUSY)
 _ACTIVE = (State.STARTING, State.BUSY)
 
@@ -93,11 +96,15 @@ class Pool:
         self._watchdog_timer: asyncio.TimerHandle | None = None
         self._watchdog_ticks = 0
         self._queue_timer: asyncio.TimerHandle | None = None
+        self._replies_polled_at = 0.0
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._zombie_timer: asyncio.TimerHandle | None = None
         # When workers last started failing to start at all (None: the last start worked).
         self._starts_failing_since: float | None = None
         self._reaper = OrphanReaper(self._loop, set(helpers))
+        self._deadlines = DeadlineSweep(self._loop, self._instances.values)
+        # Instances say when their call's deadline is (PoolHooks): straight to the sweep.
+        self.deadline_set = self._deadlines.watch
         # Instances replaced, by end_reason (for metrics).
         self.restarts: collections.Counter[str] = collections.Counter()
         self._started_at = 0.0
@@ -114,19 +121,21 @@ class Pool:
         self._zombie_timer = self._loop.call_later(ZOMBIE_SWEEP_S, self._reap_zombies)
 
     def submit(self, call: Call) -> None:
-        """Start the call on a free instance, or queue it; its outcome comes in call.future.
+        """Start the call on a free instance, or queue it; its outcome goes to call.on_done.
 
         Admission: when the queue already holds max_queue calls, the call is rejected at once
         (the platform's 429) rather than left to wait without bound.
         """
+        if self._is_full(call.held_bytes):
+            self._collect_replies()
         if self._stopping:
             call.resolve(Outcome(Ending.SHUTDOWN))
         elif self._idle and self._busy < self._config.instances:
             self._dispatch(self._idle.pop(), call)
         elif self._boot_failure is not None and not self._has_instance_to_wait_for():
             call.resolve(self._boot_failure)
-        elif (refusal := self._queue_full(call)) is not None:
-            call.resolve(Outcome(Ending.REJECTED, detail=refusal))
+        elif self._is_full(call.held_bytes):
+            call.resolve(Outcome(Ending.REJECTED, detail=self._full_reason(call.held_bytes)))
         else:
             call.queued_at = time.perf_counter()
             self._waiting.append(call)
@@ -134,16 +143,52 @@ class Pool:
             if self._queue_timer is None:
                 self._arm_queue_timer()
 
-    def _queue_full(self, call: Call) -> str | None:
-        """Why the call cannot wait (the queue is full), or None when it can."""
+    def refusal(self, held_bytes: int) -> str | None:
+        """Why a call holding `held_bytes` would be refused at once (429), or None.
+
+        For the HTTP layer, to answer before it reads a request's body.
+        """
+        if not self._is_full(held_bytes):
+            return None
+        self._collect_replies()
+        if self._stopping or (self._idle and self._busy < self._config.instances) or (
+                self._boot_failure is not None and not self._has_instance_to_wait_for()):
+            return None  # it runs at once, or gets an answer other than 429
+        return self._full_reason(held_bytes) if self._is_full(held_bytes) else None
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls running or waiting."""
+        return self._busy + len(self._waiting)
+
+    def _is_full(self, held_bytes: int) -> bool:
+        """Whether a call holding `held_bytes` could not wait: the queue is full."""
+        waiting = self._waiting
+        return len(waiting) >= self._config.max_queue or (
+            bool(waiting) and self._waiting_bytes + held_bytes > self._config.max_queue_bytes)
+
+    def _full_reason(self, held_bytes: int) -> str:
         config = self._config
         running = f"too many calls in progress: {self._busy} running and {len(self._waiting)}"
         if len(self._waiting) >= config.max_queue:
             return f"{running} waiting (--max-queue {config.max_queue})"
-        if self._waiting and self._waiting_bytes + call.held_bytes > config.max_queue_bytes:
-            return (f"{running} waiting, whose requests hold {self._waiting_bytes / MB:.1f} MB "
-                    f"(--max-queue-mb {config.max_queue_bytes / MB:g})")
-        return None
+        return (f"{running} waiting, whose requests hold {self._waiting_bytes / MB:.1f} MB "
+                f"(--max-queue-mb {config.max_queue_bytes / MB:g})")
+
+    def _collect_replies(self) -> None:
+        """Handle the replies already waiting in busy workers' pipes, before refusing a call.
+
+        Under overload, one loop iteration serves hundreds of connections and would read a
+        worker's reply, and give it the next waiting call, only once per iteration: the
+        instances would idle while the loop writes 429s. Looking at their pipes between
+        refusals (at most every REPLY_POLL_INTERVAL_S) keeps them busy.
+        """
+        now = time.perf_counter()
+        if now - self._replies_polled_at < REPLY_POLL_INTERVAL_S:
+            return
+        self._replies_polled_at = now
+        for instance in [i for i in self._instances.values() if i.state is State.BUSY]:
+            instance.read_replies()
 
     def withdraw(self, call: Call) -> None:
         """The client went away: a call that is still waiting leaves the queue unrun."""
@@ -210,6 +255,7 @@ class Pool:
                       self._queue_timer, self._zombie_timer):
             if timer is not None:
                 timer.cancel()
+        self._deadlines.close()
         self._fail_waiting(Outcome(Ending.SHUTDOWN))
         for instance in list(self._instances.values()):
             instance.retire("shutdown")

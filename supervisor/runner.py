@@ -12,12 +12,10 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 
-import uvicorn
-
 from supervisor import guard, limits, logs, reloader, sandbox
 from supervisor.config import Config
-from supervisor.connections import guarded_protocol
 from supervisor.http import FunctionApp
+from supervisor.http11 import HttpLimits, HttpServer
 from supervisor.metrics import Metrics
 from supervisor.pool import Pool
 
@@ -26,6 +24,12 @@ from supervisor.pool import Pool
 REAP_TIMEOUT_S = 2.0
 # How long the last log lines may wait for a slow log reader at exit.
 LOG_DRAIN_TIMEOUT_S = 1.0
+# Once every call is answered, how long connections may take to send the last answers.
+CLOSE_TIMEOUT_S = 1.0
+# After a second signal, how long the 503s to the calls cut short may take to go out.
+FORCED_CLOSE_TIMEOUT_S = 0.2
+# While stopping, how often to look whether the calls have all been answered.
+DRAIN_POLL_S = 0.01
 
 
 def run(config: Config) -> int:
@@ -69,19 +73,9 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
         helpers = frozenset({guard_pid})
     pool = Pool(config, memory, chosen, log, helpers)
     metrics = Metrics(config.function_name, pool, log)
-    server = _Server(uvicorn.Config(
-        FunctionApp(pool, metrics, config, log),
-        http=guarded_protocol(config.read_timeout_s),
-        ws="none",
-        lifespan="off",
-        loop="none",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,  # X-Forwarded-For from a client must not replace its address
-        # A backstop only: the pool answers what is left at the graceful timeout (see below).
-        timeout_graceful_shutdown=config.graceful_timeout_s + 2,
-    ))
+    server = HttpServer(FunctionApp(pool, metrics, config, log), _http_limits(config),
+                        asyncio.get_running_loop())
+    metrics.watch_http(server.stats, lambda: server.connection_count)
     log.info(f"serving {config.entrypoint} from {config.code_root} on "
              f"http://{_url_host(host)}:{port} with {config.instances} instance(s) "
              f"+ {config.spares} spare(s), timeout {config.timeout_s:g} s, "
@@ -92,8 +86,8 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
     pool.start()
     with _operator_signals(pool, log), _reloading(config, pool, log):
         try:
-            with _stop_on_signals(server, pool, config.graceful_timeout_s, log):
-                await server.serve(sockets=[listener])
+            await server.start(listener)
+            await _serve_until_stopped(server, pool, config.graceful_timeout_s, log)
         finally:
             await pool.stop(REAP_TIMEOUT_S)
             memory.close()
@@ -105,42 +99,45 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
     return 0
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, minus its signal handling: the supervisor owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+def _http_limits(config: Config) -> HttpLimits:
+    return HttpLimits(max_body_bytes=config.max_request_bytes,
+                      read_timeout_s=config.read_timeout_s)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(server: uvicorn.Server, pool: Pool, graceful_timeout_s: float,
-                     log: logs.Log) -> Iterator[None]:
-    """First SIGTERM/SIGINT: stop accepting, let calls finish for up to graceful_timeout_s,
-    then answer what is left with 503 and stop. A second signal stops at once."""
+async def _serve_until_stopped(server: HttpServer, pool: Pool, graceful_timeout_s: float,
+                               log: logs.Log) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting, let calls finish for up to
+    graceful_timeout_s, answer what is left with 503 and close. A second signal stops at once."""
     loop = asyncio.get_running_loop()
-
-    def out_of_time() -> None:
-        log.warning(f"calls still unfinished after {graceful_timeout_s:g} s; answering them 503")
-        pool.abort_calls()
+    signalled = asyncio.Event()
+    forced = False
 
     def on_signal(signum: int) -> None:
+        nonlocal forced
         name = signal.Signals(signum).name
-        if server.should_exit:
+        if signalled.is_set():
             log.warning(f"{name} again: stopping now")
-            server.force_exit = True
-            pool.abort_calls()
+            forced = True
         else:
             log.info(f"{name}: no new connections; finishing calls in flight "
                      f"(up to {graceful_timeout_s:g} s), then stopping")
-            server.should_exit = True
-            pool.draining = True
-            loop.call_later(graceful_timeout_s, out_of_time)
+            signalled.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        yield
+        await signalled.wait()
+        server.stop_accepting()
+        pool.draining = True
+        deadline = loop.time() + graceful_timeout_s
+        while (pool.calls_in_progress or server.connection_count) and not forced \
+                and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if pool.calls_in_progress and not forced:
+            log.warning(f"calls still unfinished after {graceful_timeout_s:g} s; "
+                        "answering them 503")
+        pool.abort_calls()
+        await server.wait_closed(FORCED_CLOSE_TIMEOUT_S if forced else CLOSE_TIMEOUT_S)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -184,7 +181,7 @@ def _url_host(host: str) -> str:
 
 def _route_library_logs(log: logs.Log, level: str) -> None:
     bridge = logs.LoggingBridge(log)
-    for name in ("uvicorn", "asyncio"):
+    for name in ("supervisor.http11", "asyncio"):
         library_log = logging.getLogger(name)
         library_log.handlers = [bridge]
         library_log.propagate = False

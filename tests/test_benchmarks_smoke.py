@@ -65,7 +65,11 @@ def test_every_server_answers_every_scenario(quick_run: tuple[Path, dict]) -> No
 def test_results_are_written(quick_run: tuple[Path, dict]) -> None:
     out, results = quick_run
     assert results["meta"]["mode"] == "quick run"
-    assert len(results["targets"]) == 5
+    assert len(results["targets"]) == 7
+    hello = {run["server"]: run for run in results["runs"] if run["scenario"] == "hello"}
+    assert hello["uvicorn"]["cpu_u"]["total"] == 1.0  # U is uvicorn's CPU per request
+    assert hello["sfsupervisor"]["cpu_us"]["main"] > 0
+    assert hello["sfsupervisor"]["cpu_us"]["workers"] > 0
     assert (out / "results.png").read_bytes().startswith(PNG_MAGIC)
     assert "targets" in (out / "results.txt").read_text()
 

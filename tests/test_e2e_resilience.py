@@ -308,7 +308,7 @@ def test_queued_request_bodies_are_bounded(
                                    "--max-queue-mb", "5", "--timeout", "10")
     holder = background.submit(get, supervisor, seconds=1.5)
     wait_busy(supervisor, 1)
-    upload = b"u" * (1024 * 1024)  # held twice while it waits: the bytes and their base64
+    upload = b"u" * (2 * 1024 * 1024)  # two wait within the 5 MB, a third would pass it
 
     def post() -> httpx.Response:
         return supervisor.request("POST", "/", content=upload,

@@ -774,6 +774,44 @@ def test_response_bytes(serve: Callable[..., Stub]) -> None:
     assert b"server:" not in data.lower()
 
 
+def test_rendered_header_lines_go_out_right_after_the_status_line(
+    serve: Callable[..., Stub]
+) -> None:
+    class LinesApp:
+        def handle(self, request: Request) -> None:
+            request.respond(200, [(b"x-b", b"2")], b"Hi", b"X-A: 1\r\nX-A: 2\r\n")
+
+    stub = serve(LinesApp())
+    data = Client(stub.port).send(get(b"/", b"Connection: close\r\n")).sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-A: 2\r\nx-b: 2\r\n"
+                           b"content-length: 2\r\n")
+    assert data.endswith(b"\r\n\r\nHi")
+
+
+def test_a_held_connection_takes_its_next_request_only_after_the_hold(
+    serve: Callable[..., Stub]
+) -> None:
+    hold_s = 0.3
+
+    class HoldingApp:
+        def __init__(self) -> None:
+            self.taken: list[float] = []
+
+        def handle(self, request: Request) -> None:
+            self.taken.append(time.monotonic())
+            request.respond(429, [], b"later", hold_s=hold_s)
+
+    app = HoldingApp()
+    stub = serve(app)
+    client = Client(stub.port).send(get() + get())
+    first, second = client.response(), client.response()
+    assert (first.status, second.status) == (429, 429)
+    assert app.taken[1] - app.taken[0] >= hold_s * 0.9
+    other = Client(stub.port).send(get())  # another connection is not held
+    assert other.response().status == 429
+    assert app.taken[2] - app.taken[1] < hold_s
+
+
 class CountingTransport:
     """A transport that counts the writes made to it."""
 

@@ -7,14 +7,18 @@ memory limit: it kills this process when either is passed, so nothing here watch
 
 from __future__ import annotations
 
+import array
+import fcntl
 import inspect
+import json
 import os
 import sys
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
 
-from worker import context, loader, logsetup, protocol, sandbox
+from worker import context, events, loader, logsetup, protocol, sandbox
 from worker.channel import Channel
 from worker.memory import PeakMemory
 
@@ -22,6 +26,10 @@ _PR_SET_PDEATHSIG = 1
 _MB = 1024 * 1024
 # An unserializable result is shown to the caller as its repr, cut to this length.
 _MAX_PAYLOAD_CHARS = 64 * 1024
+# The fields of a result that the gateway maps; any other must still be JSON.
+_RESPONSE_FIELDS = frozenset(("statusCode", "headers", "multiValueHeaders", "body",
+                              "isBase64Encoded"))
+_unread = array.array("i", [0])
 
 
 def main() -> None:
@@ -64,18 +72,28 @@ def _serve(
 ) -> None:
     runtime_pid = os.getpid()
     while (frame := channel.receive()) is not None:
-        _, call_id, event, request_id, deadline_ms = frame
+        _, call_id, request_id, deadline_ms, request, body = frame
         stamp.request_id = request_id
         if memory is not None:
             memory.reset()
-        kind, value = handler(event, context.Context(static, request_id, deadline_ms))
+        raw = request[0]
+        event = events.build_raw_event(body) if raw else _http_event(request, body, request_id)
+        ok, value = handler(event, context.Context(static, request_id, deadline_ms))
         _flush_output()
         if os.getpid() != runtime_pid:
             # A child the handler forked has returned into the runtime: only the runtime's own
             # process may answer or take the next call, so the child ends here.
             os._exit(0)
         peak_kb = memory.peak_kb() if memory is not None else 0
-        channel.send_bytes(_reply(kind, call_id, value, peak_kb, max_response_bytes))
+        reply = _reply(ok, value, raw, [call_id, peak_kb, _unread_output()], max_response_bytes)
+        channel.send_parts(reply)
+
+
+def _http_event(request: list[Any], body: bytes, request_id: str) -> dict[str, Any]:
+    _, method, query, headers, client_ip, client_port, request_time = request
+    client = (client_ip, client_port) if client_ip else None
+    return events.build_http_event(method, query, headers, body, client, request_id,
+                                   events.new_id(), request_time)
 
 
 class _Handler:
@@ -85,30 +103,74 @@ class _Handler:
         self._function = function
         self._runner = _AsyncRunner() if inspect.iscoroutinefunction(function) else None
 
-    def __call__(self, event: Any, ctx: context.Context) -> tuple[int, Any]:
+    def __call__(self, event: Any, ctx: context.Context) -> tuple[bool, Any]:
+        """(True, the result), or (False, the error object) when the handler raised."""
         try:
             result = self._function(event, ctx)
             if inspect.isawaitable(result):
                 self._runner = self._runner or _AsyncRunner()
                 result = self._runner.run(result)
         except Exception as exc:
-            return protocol.FAILURE, loader.describe(exc)
-        return protocol.RESULT, result
+            return False, loader.describe(exc)
+        return True, result
 
 
-def _reply(kind: int, call_id: int, value: Any, peak_kb: int, max_bytes: int) -> bytes:
-    """The reply frame; an unserializable or oversized result is answered as such instead."""
+def _reply(ok: bool, value: Any, raw: bool, common: list[Any], max_bytes: int) -> list[bytes]:
+    """The reply frame's buffers: the mapped response, or why there is none.
+
+    `common` is [call_id, peak_kb, output]. A response over max_bytes is answered as
+    ResponseTooLarge instead, and a result that is not JSON as such (as the platform serializes
+    a result before its gateway maps it).
+    """
+    if not ok:
+        return [protocol.pack([protocol.FAILURE, *common, value])]
     try:
-        data = protocol.pack([kind, call_id, value, peak_kb])
-    except protocol.NotSerializable as exc:
-        payload = _as_text(value)[:_MAX_PAYLOAD_CHARS]
-        data = protocol.pack([protocol.UNSERIALIZABLE, call_id, str(exc), payload, peak_kb])
-    if len(data) > max_bytes:
-        message = (f"the function's response is {len(data) / _MB:.1f} MB, "
+        if raw:
+            status, lines, body = 200, b"", events.map_raw_response(value)
+        else:
+            status, lines, body = events.map_http_response_lines(value)
+            _check_extra_fields(value)
+    except events.MalformedResponse as exc:
+        parts = [_malformed(common, value, str(exc))]
+    else:
+        if len(lines) > protocol.MAX_RESPONSE_HEAD_BYTES:
+            reason = (f"the headers take {len(lines)} bytes, more than the "
+                      f"{protocol.MAX_RESPONSE_HEAD_BYTES}-byte limit")
+            parts = [_malformed(common, value, reason)]
+        else:
+            parts = protocol.pack_with_body([protocol.RESPONSE, *common, status, lines], body)
+    size = sum(len(part) for part in parts)
+    if size > max_bytes:
+        message = (f"the function's response is {size / _MB:.1f} MB, "
                    f"more than the {max_bytes / _MB:g} MB limit")
         error = protocol.error(message, "ResponseTooLarge", None)
-        data = protocol.pack([protocol.FAILURE, call_id, error, peak_kb])
-    return data
+        parts = [protocol.pack([protocol.FAILURE, *common, error])]
+    return parts
+
+
+def _check_extra_fields(result: dict[str, Any]) -> None:
+    """Fields the gateway ignores must still be JSON, or the platform fails the call."""
+    if not _RESPONSE_FIELDS.issuperset(result):
+        _check_json({key: field for key, field in result.items() if key not in _RESPONSE_FIELDS})
+
+
+def _check_json(value: Any) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise events.MalformedResponse(f"the result is not JSON-serializable: {exc}") from None
+
+
+def _malformed(common: list[Any], value: Any, reason: str) -> bytes:
+    """The MALFORMED frame: a result that is not JSON is reported as such, before any other
+    flaw, with its repr as the payload; otherwise the payload is the result as JSON."""
+    try:
+        _check_json(value)
+    except events.MalformedResponse as exc:
+        payload = _as_text(value)[:_MAX_PAYLOAD_CHARS]
+        return protocol.pack([protocol.MALFORMED, *common, str(exc), payload])
+    payload = events.malformed_error(reason, value)["payload"]
+    return protocol.pack([protocol.MALFORMED, *common, reason, payload])
 
 
 def _as_text(value: object) -> str:
@@ -134,6 +196,24 @@ class _AsyncRunner:
 
     def run(self, awaitable: Any) -> Any:
         return self._loop.run_until_complete(awaitable)
+
+
+def _unread_output() -> int:
+    """Which of the function's output pipes hold bytes the supervisor has not read yet.
+
+    Most calls print nothing: saying so spares the supervisor a look at both pipes per call.
+    A descriptor that cannot be asked (closed, redirected) counts as holding output.
+    """
+    output = 0
+    for fd, flag in ((1, protocol.OUTPUT_STDOUT), (2, protocol.OUTPUT_STDERR)):
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, _unread, True)
+        except OSError:
+            output |= flag
+            continue
+        if _unread[0]:
+            output |= flag
+    return output
 
 
 def _flush_output() -> None:

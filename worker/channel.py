@@ -36,9 +36,20 @@ class Channel:
 
     def send(self, frame: list[Any]) -> None:
         """Send one frame; raises protocol.NotSerializable before writing anything."""
-        self.send_bytes(protocol.pack(frame))
+        self.send_parts([protocol.pack(frame)])
 
-    def send_bytes(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._write_fd, view) :]
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Write one frame's buffers in order, as one gathered write when the pipe takes it."""
+        if len(parts) == 1:
+            written = os.write(self._write_fd, parts[0])
+            if written == len(parts[0]):
+                return
+            views = [memoryview(parts[0])[written:]]
+        else:
+            views = [memoryview(part) for part in parts]
+        while views:
+            written = os.writev(self._write_fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if views:
+                views[0] = views[0][written:]

@@ -5,6 +5,12 @@ streams). A frame is one msgpack array whose first element says what it is; msgp
 self-delimiting, so the stream needs no length prefix. This module does no I/O: both sides import
 it, and the worker side must stay light (standard library and msgpack only).
 
+The supervisor sends a request's raw parts and the worker builds the platform's event, calls the
+handler and maps its result to an HTTP response (worker/events.py): that work costs the worker,
+of which there are many, rather than the supervisor, which every call crosses. A request or
+response body travels as msgpack bin, last in its frame, so that a large one is written as a
+second buffer of one gathered write instead of being copied into the frame (pack_with_body).
+
 supervisor -> worker
     [INIT, VERSION, entrypoint, static_context, limits, environment, sandbox]
                                                   once, right after the worker starts; limits:
@@ -14,18 +20,34 @@ supervisor -> worker
                                                   environment: the function's os.environ, set
                                                   before its code is imported; sandbox: how
                                                   the worker seals itself (worker/sandbox.py)
-    [CALL, call_id, event, request_id, deadline_ms]
+    [CALL, call_id, request_id, deadline_ms, request, body]
+        request: [raw, method, query, headers, client_ip, client_port, request_time]
+            raw          bool: ?integration=raw (or async): the event is the body as text, and
+                         the result is the body of a 200
+            method       str
+            query        bytes: the raw query string, without "?"
+            headers      [[name, value], ...]: bytes as received, names lower-case, in order
+            client_ip    str ("" when unknown), client_port int (0 when unknown)
+            request_time float: when the request arrived, epoch seconds
+        body: bytes
 worker -> supervisor
     [READY, VERSION, init_ms]                     the entry point imported and resolved
     [INIT_ERROR, error]                           it did not; the worker exits after sending this
-    [RESULT, call_id, value, peak_rss_kb]         the handler returned value (peak_rss_kb is 0
-                                                  unless measure_peak: a cgroup may know better)
-    [FAILURE, call_id, error, peak_rss_kb]        the handler raised
-    [UNSERIALIZABLE, call_id, reason, payload, peak_rss_kb]
-                                                  the handler returned something that is not JSON
+    [RESPONSE, call_id, peak_kb, output, status, header_lines, body]
+                                                  the handler's result, mapped: status int,
+                                                  header_lines bytes (`Name: value` CRLF each),
+                                                  body bytes
+    [FAILURE, call_id, peak_kb, output, error]    the handler raised, or its response is too large
+    [MALFORMED, call_id, peak_kb, output, reason, payload]
+                                                  the result does not fit the platform's response
+                                                  (not JSON, a bad field): why, and the result as
+                                                  text
+    peak_kb   the call's peak resident memory (0 unless measure_peak: a cgroup may know better)
+    output    OUTPUT_STDOUT | OUTPUT_STDERR: the function's output pipe still holds bytes it
+              wrote during the call, so the supervisor reads it before the call's END line
 
 An `error` is the platform's error object: {"errorMessage": str, "errorType": str,
-"stackTrace": [str, ...]}.
+"stackTrace": [str, ...]}. The supervisor checks every reply before it writes any of it.
 """
 
 from __future__ import annotations
@@ -40,14 +62,24 @@ INIT = 0
 CALL = 1
 READY = 10
 INIT_ERROR = 11
-RESULT = 12
+RESPONSE = 12
 FAILURE = 13
-UNSERIALIZABLE = 14
+MALFORMED = 14
 
-# What a worker accepts from the supervisor: a 3.5 MB request body grows by a third as base64.
-MAX_SUPERVISOR_FRAME_BYTES = 16 * 1024 * 1024
+OUTPUT_STDOUT = 1
+OUTPUT_STDERR = 2
+
+# What a worker accepts from the supervisor: the largest request body the command line allows
+# (1024 MB), and room for the request's head.
+MAX_SUPERVISOR_FRAME_BYTES = 1025 * 1024 * 1024
+# The largest header section a response may have (its `Name: value` lines).
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 # Room on top of the response limit for a frame's own fields.
 _FRAME_OVERHEAD_BYTES = 64 * 1024
+# A body this large is written as a buffer of its own rather than copied into the frame.
+GATHER_BODY_BYTES = 64 * 1024
+_FIXARRAY = 0x90
+_MAX_FIXARRAY = 15
 
 
 class NotSerializable(TypeError):
@@ -73,6 +105,28 @@ def pack(frame: list[Any]) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise NotSerializable(str(exc)) from exc
+
+
+def pack_with_body(fields: list[Any], body: bytes) -> list[bytes]:
+    """Encode the frame `fields + [body]` as buffers to be written in order.
+
+    A large body is not copied: it is the second buffer, after the frame's head and the bin
+    header (msgpack's own encoding, written by hand). `fields` may be changed.
+    """
+    if len(body) < GATHER_BODY_BYTES:
+        fields.append(body)
+        return [pack(fields)]
+    assert len(fields) < _MAX_FIXARRAY
+    head = pack(fields)  # a fixarray: its first byte is the element count
+    return [bytes((_FIXARRAY | len(fields) + 1,)) + head[1:] + _bin_header(len(body)), body]
+
+
+def _bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
 
 
 def unpacker(max_frame_bytes: int) -> msgpack.Unpacker:

@@ -57,7 +57,8 @@ def do_stray_reply(query):
 
     def write_again():
         time.sleep(0.2)
-        frame = msgpack.packb([12, 1, {"statusCode": 200, "body": "stray"}, 0])
+        # RESPONSE, call 1, peak 0, no output, status 200, no headers, body (worker/protocol.py)
+        frame = msgpack.packb([12, 1, 0, 0, 200, b"", b"stray"], use_bin_type=True)
         for fd in range(3, 64):
             try:
                 is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)

@@ -1,15 +1,16 @@
-"""Unit tests for supervisor.events: request -> event and result -> response mapping."""
+"""Unit tests for worker.events: request -> event and result -> response mapping."""
 
 import base64
 import calendar
 import enum
 import json
+import uuid
 from http import HTTPStatus
 
 import pytest
 
-from supervisor import events
-from supervisor.events import (
+from worker import events
+from worker.events import (
     MalformedResponse,
     build_http_event,
     build_raw_event,
@@ -870,3 +871,43 @@ class _Color(enum.Enum):
 def test_malformed_error_with_unusual_values_uses_repr_inside_json():
     payload = malformed_error("r", {"c": _Color.RED})["payload"]
     assert json.loads(payload) == {"c": "<_Color.RED: 1>"}
+
+
+# --- map_http_response_lines ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"statusCode": 201, "headers": {"content-type": "text/plain", "X-A": "a\r\nb"},
+         "body": "hi"},
+        {"headers": {"Date": "x", "Connection": "close", "bad name": "v"}},
+        {"multiValueHeaders": {"x-m": ["1", "2"]}, "headers": {"X-M": "0", "X-S": "s"}},
+        {"body": "aGk=", "isBase64Encoded": True},
+    ],
+)
+def test_response_lines_are_the_mapped_headers_rendered(result):
+    status, headers, body = map_http_response(result)
+    for _ in range(2):  # the second time from the cache, where one is kept
+        assert events.map_http_response_lines(result) == (
+            status, events.header_lines(headers), body)
+
+
+def test_response_lines_of_a_malformed_map_are_never_cached(monkeypatch):
+    monkeypatch.setattr(events, "_lines_cache", {})
+    for _ in range(2):
+        with pytest.raises(MalformedResponse):
+            events.map_http_response_lines({"headers": {"X-N": 5}})
+    assert events._lines_cache == {}
+
+
+def test_header_lines_render_name_colon_value_crlf():
+    assert events.header_lines([(b"A", b"1"), (b"B", b"")]) == b"A: 1\r\nB: \r\n"
+
+
+def test_trace_ids_are_version_4_uuids():
+    ids = {events.new_id() for _ in range(100)}
+    assert len(ids) == 100
+    for text in ids:
+        assert uuid.UUID(text).version == 4
+        assert str(uuid.UUID(text)) == text

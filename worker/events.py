@@ -1,13 +1,19 @@
-"""Translation between HTTP and the platform's function events.
+"""Translation between HTTP and the platform's function events, done in the worker.
 
 `build_http_event` turns an HTTP request into the event a handler receives (HTTP integration),
 `map_http_response` turns the handler's result back into an HTTP response the way the cloud's
 gateway does; `build_raw_event` and `map_raw_response` do the same for `?integration=raw`.
-Everything here is pure and runs on the hot path of every request.
+
+This runs in the worker, not in the supervisor: the supervisor is one process that every call
+crosses, so its CPU per call caps the whole server, while the workers are many. The worker is
+the function's process and cannot be trusted, so the supervisor checks what comes back before
+writing it (supervisor/responses.py). Everything here is pure, standard library only, and runs
+on the hot path of every request.
 """
 
 import base64
 import json
+import random
 import string
 import time
 from collections.abc import Iterable
@@ -17,7 +23,10 @@ _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~
 _CACHE_LIMIT = 1024
 # name -> canonical name, or "" when the name is not a valid token (no canonical name is empty).
 _canonical_cache: dict[str, str] = {}
-# raw ASGI request header name -> canonical name, or "" when the header never reaches the event.
+# a response's `headers` map, as its items -> the header section's lines (see
+# map_http_response_lines).
+_lines_cache: dict[tuple[tuple[object, object], ...], bytes] = {}
+# raw request header name -> canonical name, or "" when the header never reaches the event.
 _request_name_cache: dict[bytes, str] = {}
 
 _REMOVED_REQUEST_HEADERS = frozenset({
@@ -42,6 +51,12 @@ _VALUE_TABLE |= {0x0A: " ", 0x0D: " "}
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _last_clf: tuple[int, str] = (-1, "")
+# Trace ids come from a generator of our own: a function that seeds `random` must not make
+# them repeat.
+_ids = random.Random()
+# The version (4) and variant bits of a random UUID.
+_UUID_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 class MalformedResponse(Exception):
@@ -120,12 +135,20 @@ def _parse_query(query_string: bytes) -> tuple[dict[str, str], dict[str, list[st
 
 
 def _event_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
-    if content_type and content_type.partition(";")[0].strip().lower() == "application/json":
+    if not body:  # as below, without the work
+        return "", not _is_json(content_type)
+    if _is_json(content_type):
         try:
             return body.decode("utf-8"), False
         except UnicodeDecodeError:
             pass
     return base64.b64encode(body).decode("ascii"), True
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
 def _clf_time(epoch: int) -> str:
@@ -153,12 +176,12 @@ def build_http_event(
 ) -> dict:
     """Build the platform's HTTP-integration event for one request.
 
-    `headers` are ASGI's (raw bytes, in order, repeats possible); values are decoded as UTF-8 (as
-    the cloud's Go router passes them) and names canonicalised; the headers the platform strips
-    are left out and the router's own (X-Forwarded-For, X-Real-Remote-Address, X-Request-Id,
-    X-Trace-Id) are added. `client` is ASGI's scope["client"]; when it is None (e.g. a Unix
-    socket) the client ip is "" and the port 0. The body is passed as text for a valid-UTF-8
-    `application/json` request, else base64.
+    `headers` are the request's (raw bytes, in order, repeats possible); values are decoded as
+    UTF-8 (as the cloud's Go router passes them) and names canonicalised; the headers the
+    platform strips are left out and the router's own (X-Forwarded-For, X-Real-Remote-Address,
+    X-Request-Id, X-Trace-Id) are added. `client` is the peer's (ip, port); when it is None
+    (e.g. a Unix socket) the client ip is "" and the port 0. The body is passed as text for a
+    valid-UTF-8 `application/json` request, else base64.
     """
     single, multi, forwarded = _collect_headers(headers)
     ip, port = client if client is not None else ("", 0)
@@ -194,6 +217,12 @@ def build_http_event(
         "pathParams": {},
         "url": "",
     }
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, for trace ids; names, not secrets."""
+    text = "%032x" % (_ids.getrandbits(128) & _UUID_MASK | _UUID_BITS)
+    return "-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:]))
 
 
 def build_raw_event(body: bytes) -> str:
@@ -316,7 +345,7 @@ def _response_body(body: object, is_base64: object) -> bytes:
 
 
 def map_http_response(result: object) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Map a handler's result to (status, ASGI headers, body), as the cloud's gateway does.
+    """Map a handler's result to (status, header pairs, body), as the cloud's gateway does.
 
     Raises MalformedResponse when the result does not fit {statusCode: int, headers: {str: str},
     multiValueHeaders: {str: [str]}, body: str, isBase64Encoded: bool}; a key set to None counts
@@ -329,6 +358,34 @@ def map_http_response(result: object) -> tuple[int, list[tuple[bytes, bytes]], b
     headers = _response_headers(result.get("headers"), result.get("multiValueHeaders"))
     body = _response_body(result.get("body"), result.get("isBase64Encoded"))
     return status, headers, body
+
+
+def map_http_response_lines(result: object) -> tuple[int, bytes, bytes]:
+    """map_http_response, with the headers as the header section's lines (`Name: value` CRLF
+    each): (status, lines, body). The lines of a `headers` map seen before, without
+    multiValueHeaders, come from a cache: a function mostly answers with the same few."""
+    if not isinstance(result, dict):
+        raise MalformedResponse(f"the result must be an object (dict), got {_type(result)}")
+    status = _status_code(result.get("statusCode"))
+    lines = _response_lines(result.get("headers"), result.get("multiValueHeaders"))
+    body = _response_body(result.get("body"), result.get("isBase64Encoded"))
+    return status, lines, body
+
+
+def _response_lines(headers: object, multi_headers: object) -> bytes:
+    key = None
+    if multi_headers is None and type(headers) is dict:
+        try:
+            key = tuple(headers.items())
+            lines = _lines_cache.get(key)
+        except TypeError:  # an unhashable value: refused below
+            key = lines = None
+        if lines is not None:
+            return lines
+    lines = header_lines(_response_headers(headers, multi_headers))
+    if key is not None and len(_lines_cache) < _CACHE_LIMIT:
+        _lines_cache[key] = lines  # only a map that passed every check gets here
+    return lines
 
 
 def map_raw_response(result: object) -> bytes:
@@ -356,3 +413,8 @@ def malformed_error(reason: str, result: object) -> dict:
         "errorType": "ProxyIntegrationError",
         "payload": payload,
     }
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Mapped response headers as the header section's lines: `Name: value` CRLF each."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
