@@ -496,7 +496,8 @@ class Instance:
 
     def _release_share(self) -> None:
         if self._share is not None:
-            self._share.release()
+            self._share.release(emptied=self.memory.tracks_every_process
+                                or self._sandbox.tier == "ns")
             self._share = None
 
     def _close_frame_pipes(self) -> None:

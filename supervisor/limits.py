@@ -115,6 +115,11 @@ class InstanceMemory:
     def _cgroup_dirs(self) -> list[Path]:
         return [self.pids_dir] if self.pids_dir is not None else []
 
+    @property
+    def tracks_every_process(self) -> bool:
+        """Whether a cgroup holds every process of the instance (so killing it ends them all)."""
+        return bool(self._cgroup_dirs())
+
     def started(self, pid: int) -> None:
         self.pid = pid
         self._track([pid])

@@ -62,9 +62,11 @@ class InstanceSandbox:
     _lock_fd: int = -1
     _tmp_dir: Path | None = None
 
-    def release(self) -> None:
-        """The instance is gone: kill what still runs under its uid, free the uid, empty /tmp."""
-        if self.uid is not None:
+    def release(self, emptied: bool) -> None:
+        """The instance is gone: free its uid and empty its /tmp. Unless its cgroups or its PID
+        namespace already ended every process of it (`emptied`), what still runs under its uid
+        is killed first: the next instance given the uid must find nothing of this one."""
+        if self.uid is not None and not emptied:
             kill_uid(self.uid)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
@@ -86,7 +88,9 @@ class Sandbox:
         # What every worker process starts with (see spawn_environment).
         self.spawn_environment = spawn_environment()
         self._next_uid = 0
-        self._swept_uids: set[int] = set()  # checked for leftovers of an earlier supervisor
+        # Uids of the range that ran processes when we started, left by a supervisor that was
+        # killed: they are swept when first given out (one look at /proc now, not one a spawn).
+        self._stale_uids = _uids_running(self._uids) if self.gives_uids() else set()
         self._tmp_root: Path | None = None
 
     @property
@@ -145,9 +149,9 @@ class Sandbox:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            if uid not in self._swept_uids:
+            if uid in self._stale_uids:
                 kill_uid(uid)  # left by a supervisor that was killed: it is ours now
-                self._swept_uids.add(uid)
+                self._stale_uids.discard(uid)
             return uid, fd
         raise OSError(f"every uid of --sandbox-uids {self._uids.start}-{self._uids.stop - 1} "
                       "is in use")
@@ -239,6 +243,23 @@ def kill_uid(uid: int) -> None:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def _uids_running(uids: range) -> set[int]:
+    """The uids of `uids` that some process runs as."""
+    found = set()
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"Uid:"):
+                        uid = int(line.split()[1])
+                        if uid in uids:
+                            found.add(uid)
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def _pids() -> list[int]:
