@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from supervisor import __version__, runner
+from supervisor import __version__, configfile, runner
 from supervisor.config import ENV_PREFIX, MB, Config
 from supervisor.logs import LEVELS
 
@@ -18,21 +20,64 @@ from supervisor.logs import LEVELS
 TOKEN_EXPIRES_IN_S = 43200
 
 
+class UsageError(Exception):
+    """The command line (or a config file's value) is wrong; str() says how, in one line."""
+
+
+class _StrictParser(argparse.ArgumentParser):
+    """Raises UsageError where argparse would print its usage and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of `python -m supervisor`."""
-    config = parse_config(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["reload"]:
+            sys.exit(_reload(argv[1:]))
+        config_file = _config_file(argv)
+        if config_file is not None:
+            host = configfile.load(config_file, _without_config_options(argv))
+            if "--check" in argv:
+                print(configfile.summary(host))
+                sys.exit(0)
+            sys.exit(runner.run_host(host))
+        config = parse_config(argv)
+    except (UsageError, configfile.ConfigFileError) as exc:
+        sys.stderr.write(f"sfsupervisor: error: {exc}\n")
+        sys.exit(2)
     sys.exit(runner.run(config))
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Read the command line and environment; exit 2 with one line on any error."""
-    args = _parser().parse_args(argv)
+    """Read the command line and environment; raises UsageError on any error."""
+    return _config(_parser().parse_args(argv), need_entry=True)
+
+
+def checked(path: Path, where: str, argv: list[str], need_entry: bool = True) -> Config:
+    """A config file's table, as command-line tokens, to a Config; its errors name the key."""
+    try:
+        return _config(_parser(_StrictParser).parse_args(argv), need_entry)
+    except UsageError as exc:
+        message = str(exc)
+        named = re.sub(r"^(argument )?--([a-z-]+)\b:?",
+                       lambda m: f"{where}.{m.group(2).replace('-', '_')}:", message)
+        if named == message:
+            named = f"{where}: {message}"
+        raise configfile.ConfigFileError(f"{path}: {named}") from None
+
+
+def _config(args: argparse.Namespace, need_entry: bool) -> Config:
     if args.entrypoint is None:
-        _fail("the entry point is required, e.g. `sfsupervisor index.handler`")
+        _fail("the entry point is required, e.g. `sfsupervisor index.handler` (or a "
+              f"{configfile.DEFAULT_FILE} here, or --config FILE)")
     code_root = Path(args.dir).resolve()
     if not code_root.is_dir():
-        _fail(f"code root {code_root} is not a directory")
-    _check_entrypoint(args.entrypoint, code_root)
+        _fail(f"--dir {code_root} is not a directory")
+    if need_entry:
+        _check_entrypoint(args.entrypoint, code_root)
     _check_range("--instances", args.instances, 1, 1024)
     _check_range("--port", args.port, 0, 65535)
     _check_range("--timeout", args.timeout, 0.001, 86400)
@@ -86,8 +131,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser(kind: type[argparse.ArgumentParser] = argparse.ArgumentParser
+            ) -> argparse.ArgumentParser:
+    parser = kind(
         prog="sfsupervisor",
         description="Serve a Python serverless function (Yandex Cloud Functions model, "
                     "handler(event, context)) over HTTP from a pool of isolated worker "
@@ -152,6 +198,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
                         help="pass this variable of the supervisor's environment on to the "
                              "function (repeatable); nothing else of it is passed")
+    parser.add_argument("--config", metavar="FILE", help="serve the functions of a TOML file "
+                        f"(default: {configfile.DEFAULT_FILE} here when no ENTRYPOINT is given)")
+    parser.add_argument("--check", action="store_true",
+                        help="with --config: check the file and its functions, then exit")
     parser.add_argument("--version", action="version", version=f"sfsupervisor {__version__}")
     return parser
 
@@ -195,7 +245,11 @@ def _check_entrypoint(entrypoint: str, code_root: Path) -> None:
 
 def _check_range(flag: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        _fail(f"{flag} must be between {low:g} and {high:g}, got {value:g}")
+        _fail(f"{flag} must be between {_shown(low)} and {_shown(high)}, got {_shown(value)}")
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _parse_assignment(text: str, where: str) -> tuple[str, str]:
@@ -261,5 +315,52 @@ def _parse_token(text: str) -> dict[str, Any]:
 
 
 def _fail(message: str) -> NoReturn:
-    sys.stderr.write(f"sfsupervisor: error: {message}\n")
-    sys.exit(2)
+    raise UsageError(message)
+
+
+def _reload(argv: list[str]) -> int:
+    """`sfsupervisor reload [--config FILE]`: SIGHUP to the supervisor serving that file."""
+    path = _config_file(argv) or Path(configfile.DEFAULT_FILE)
+    pid_path = configfile.pid_file(path)
+    try:
+        pid = int(pid_path.read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if b"supervisor" not in cmdline.read():
+                raise ProcessLookupError(pid)
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        sys.stderr.write(f"sfsupervisor: error: no supervisor serves {path} here "
+                         f"(no live pid in {pid_path})\n")
+        return 1
+    print(f"reloading {path} (pid {pid})")
+    return 0
+
+
+def _config_file(argv: list[str]) -> Path | None:
+    """The file of --config, or sfsupervisor.toml here when no entry point is given."""
+    for index, token in enumerate(argv):
+        if token == "--config" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if token.startswith("--config="):
+            return Path(token.removeprefix("--config="))
+    if _parser(_StrictParser).parse_known_args(argv)[0].entrypoint is not None:
+        return None
+    here = Path(configfile.DEFAULT_FILE)
+    try:
+        return here if here.is_file() else None
+    except OSError:  # a working directory we may not look into holds no file of ours
+        return None
+
+
+def _without_config_options(argv: list[str]) -> list[str]:
+    """The command line less --config FILE and --check: the rest overrides the file's [server]."""
+    kept: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--config":
+            skip = True
+        elif not token.startswith("--config=") and token != "--check":
+            kept.append(token)
+    return kept

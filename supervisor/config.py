@@ -92,3 +92,20 @@ def default_path() -> str:
     """The interpreter's own directory (a virtualenv's bin), then the usual system ones."""
     return ":".join([os.path.dirname(sys.executable), "/usr/local/sbin", "/usr/local/bin",
                      "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """One served function: its Config (`instances` is its concurrency) and how it scales.
+
+    A fixed pool (single-function mode) keeps instances + spares initialized; an elastic one
+    (--config) starts instances as calls need them, within the host's budget, and retires
+    those idle for idle_timeout_s down to min_instances.
+    """
+
+    name: str
+    config: Config
+    elastic: bool = False
+    min_instances: int = 0
+    idle_timeout_s: float = 300.0
+    python: str = sys.executable

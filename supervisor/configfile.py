@@ -20,9 +20,12 @@ names the file, the key and the problem.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +33,14 @@ from typing import Any
 
 import psutil
 
-from supervisor.config import Config
+from supervisor.config import Config, FunctionSettings
 
 DEFAULT_FILE = "sfsupervisor.toml"
+INTERPRETER_CHECK_TIMEOUT_S = 30.0
+_WORKER_NEEDS = ("import sys\n"
+                 "if sys.version_info < (3, 11): sys.exit(f'is Python {sys.version.split()[0]}; "
+                 "the worker needs 3.11 or newer')\n"
+                 "import msgpack")
 # Keys of [server] that belong to no single function: the host's budgets.
 HOST_KEYS = {"max_instances": int, "max_memory_mb": int}
 # Keys of a function's table that are not command-line options.
@@ -59,17 +67,6 @@ class ConfigFileError(Exception):
 
 
 @dataclass(frozen=True)
-class FunctionSettings:
-    """One hosted function: its Config (instances = its concurrency) and how it scales."""
-
-    name: str
-    config: Config
-    min_instances: int = 0
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    python: str = sys.executable
-
-
-@dataclass(frozen=True)
 class HostConfig:
     """What `--config` describes: the server, its budgets and its functions."""
 
@@ -78,6 +75,7 @@ class HostConfig:
     max_instances: int
     max_memory_mb: int
     functions: dict[str, FunctionSettings] = field(default_factory=dict)
+    command_line: list[str] = field(default_factory=list)  # options that win over [server]
 
 
 def load(path: Path, command_line: list[str]) -> HostConfig:
@@ -104,7 +102,8 @@ def load(path: Path, command_line: list[str]) -> HostConfig:
     server = cli.checked(path, "server", [*server_tokens, *command_line, "--dir", str(base),
                                           "--instances", "1", "config.handler"],
                          need_entry=False)
-    return HostConfig(path, server, *_budgets(path, host_values), functions=settings)
+    return HostConfig(path, server, *_budgets(path, host_values), functions=settings,
+                      command_line=command_line)
 
 
 def _function(path: Path, base: Path, name: str, table: dict[str, Any],
@@ -140,7 +139,7 @@ def _function(path: Path, base: Path, name: str, table: dict[str, Any],
         raise ConfigFileError(f"{path}: {where}.idle_timeout: must be a number of seconds "
                               f"above 0, got {idle_timeout!r}")
     python = _interpreter(path, base, where, table.get("python"))
-    return FunctionSettings(name, config, min_instances, float(idle_timeout), python)
+    return FunctionSettings(name, config, True, min_instances, float(idle_timeout), python)
 
 
 def _interpreter(path: Path, base: Path, where: str, value: Any) -> str:
@@ -150,7 +149,26 @@ def _interpreter(path: Path, base: Path, where: str, value: Any) -> str:
     if not os.access(interpreter, os.X_OK) or interpreter.is_dir():
         raise ConfigFileError(f"{path}: {where}.python: {interpreter} is not an executable "
                               "interpreter")
+    problem = _worker_cannot_run(str(interpreter))
+    if problem:
+        raise ConfigFileError(f"{path}: {where}.python: {interpreter} {problem}")
     return str(interpreter)
+
+
+def _worker_cannot_run(python: str) -> str | None:
+    """What keeps `python` from running the runtime's worker (it brings only its own package:
+    the interpreter needs Python 3.11+ and msgpack), or None."""
+    try:
+        done = subprocess.run([python, "-P", "-c", _WORKER_NEEDS], capture_output=True,
+                              text=True, timeout=INTERPRETER_CHECK_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"does not run: {exc}"
+    if done.returncode == 0:
+        return None
+    if "msgpack" in done.stderr:
+        return f"lacks msgpack, which the worker needs: run `{python} -m pip install msgpack`"
+    return f"cannot run the worker: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+
 
 
 def _budgets(path: Path, values: dict[str, Any]) -> tuple[int, int]:
@@ -221,3 +239,9 @@ def summary(host: HostConfig) -> str:
                      f"{config.memory_mb} MB, timeout {config.timeout_s:g} s, idle "
                      f"{function.idle_timeout_s:g} s, python {function.python}")
     return "\n".join(lines)
+
+
+def pid_file(path: Path) -> Path:
+    """Where a supervisor serving the file `path` keeps its pid, for `sfsupervisor reload`."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"sfsupervisor-{digest}.pid"

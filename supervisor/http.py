@@ -8,6 +8,10 @@ responses.py, with the call's X-Request-Id. It also writes the call's END/ERROR/
 START line is the instance's, at dispatch). Three paths belong to the supervisor and are never
 passed to the function: /healthz, /readyz and /metrics.
 
+Routing: in single-function mode the function is served at every other path. With --config,
+as the platform's URLs do, `/{name}` and `/{name}/anything` call the function `name` (the path
+is still not part of the event), and any other path is answered 404 NotFound.
+
 Nothing here builds the platform's event or maps a result: the worker does (worker/events.py),
 from the request's raw parts, so that the one supervisor process every call crosses does as
 little per call as it can. When the queue is full, a request with a body is refused before the
@@ -26,8 +30,9 @@ from urllib.parse import parse_qsl
 from supervisor import logs, responses
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
+from supervisor.host import Host
 from supervisor.http11 import Answer, Request
-from supervisor.metrics import OUTCOME_OF_ENDING, Metrics
+from supervisor.metrics import OUTCOME_OF_ENDING, FunctionCounters, Metrics
 from supervisor.pool import Pool
 
 _INTEGRATIONS = ("raw", "async")
@@ -45,16 +50,25 @@ _UUID_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 class _HttpCall(Call):
-    """A call made for an HTTP request: the request to answer (None once answered)."""
+    """A call made for an HTTP request: the request to answer (None once answered), and the
+    pool and counters of its function."""
 
-    __slots__ = ("http_request",)
+    __slots__ = ("counters", "http_request", "pool")
+    counters: FunctionCounters
+    http_request: Request | None
+    pool: Pool
 
 
 class FunctionApp:
-    """The http11 App serving the function at every path but the reserved ones."""
+    """The http11 App serving the functions of a host (see Routing above).
 
-    def __init__(self, pool: Pool, metrics: Metrics, config: Config, log: logs.Log) -> None:
-        self._pool = pool
+    `single` names the one function of single-function mode, served at every path.
+    """
+
+    def __init__(self, host: Host, metrics: Metrics, config: Config, log: logs.Log,
+                 single: str | None) -> None:
+        self._host = host
+        self._single = single
         self._metrics = metrics
         self._config = config
         self._log = log
@@ -71,15 +85,20 @@ class FunctionApp:
         body_bytes = _declared_body_bytes(request)
         if not body_bytes or request.path in self._reserved:
             return None  # nothing to spare reading: handle() answers, keeping the connection
-        refusal = self._pool.refusal(max(body_bytes, 0))
-        if refusal is None:
+        pool = self._route(request.path)
+        refusal = pool.refusal(max(body_bytes, 0)) if pool is not None else None
+        if refusal is None or pool is None:
             return None
-        return self._refusal(429, refusal, "TooManyRequests", logged=True)
+        return self._refusal(pool, 429, refusal, "TooManyRequests", logged=True)
 
     def handle(self, request: Request) -> None:
         reserved = self._reserved.get(request.path)
         if reserved is not None:
             request.respond(*reserved())
+            return
+        pool = self._route(request.path)
+        if pool is None:
+            request.respond(*self._not_found(request.path))
             return
         query = request.query
         raw = background = False
@@ -87,39 +106,63 @@ class FunctionApp:
             integration = _integration(query)
             if integration is not None and integration not in _INTEGRATIONS:
                 request.respond(*self._refusal(
-                    400, f"unknown integration {integration!r}: use raw or async", "BadRequest",
-                    logged=False))
+                    pool, 400, f"unknown integration {integration!r}: use raw or async",
+                    "BadRequest", logged=False))
                 return
             raw = integration is not None
             background = integration == "async"
-        self._submit(request, raw, background)
+        self._submit(pool, request, raw, background)
 
-    def _submit(self, request: Request, raw: bool, background: bool) -> None:
+    def _function_named(self, name: str) -> Pool | None:
+        """The pool of the function `name`: in single-function mode, the one function's."""
+        if self._single is not None:
+            return self._host.pools.get(self._single)
+        return self._host.pools.get(name)
+
+    def _route(self, path: bytes) -> Pool | None:
+        if self._single is not None:
+            return self._host.pools.get(self._single)
+        name = path.split(b"/", 2)[1] if path.startswith(b"/") else b""
+        return self._host.pools.get(name.decode("latin-1")) if name else None
+
+    def _not_found(self, path: bytes) -> Answer:
+        name = path.split(b"/", 2)[1].decode("latin-1") if path.count(b"/") else ""
+        known = ", ".join(f"/{known}" for known in sorted(self._host.pools))
+        message = (f"no function named {name!r} here (functions: {known})" if name
+                   else f"name a function in the path: {known}")
+        status, headers, _, body, _ = responses.error(
+            404, {"errorMessage": message, "errorType": "NotFound"}, function_error=False)
+        return status, headers, body
+
+    def _submit(self, pool: Pool, request: Request, raw: bool, background: bool) -> None:
         body = request.body
         ip, port = request.client or ("", 0)
         call = _HttpCall(new_id(), [raw, request.method, request.query, request.headers, ip, port,
                                     time.time()],
                          body, time.perf_counter(), self._finish, len(body), background)
         call.http_request = request
-        self._pool.submit(call)
+        call.pool = pool
+        call.counters = self._metrics.of(pool.name)
+        pool.submit(call)
         if call.outcome is not None:
             return  # answered already: refused at once, or served from a spare in no time
         if background:
             call.http_request = None
             request.respond(202, [(_REQUEST_ID, call.request_id.encode())], b"")
         elif call.dispatched_at is None:
-            request.on_disconnect = functools.partial(self._pool.withdraw, call)
+            request.on_disconnect = functools.partial(pool.withdraw, call)
 
     def _finish(self, call: Call, outcome: Outcome) -> None:
         """The call's outcome: count it, log it, answer it (call.on_done)."""
         try:
+            config = call.pool.config
             status, headers, lines, body, error_message = responses.render(
-                outcome, self._config.max_response_bytes)
-            self._metrics.call_ended(call, OUTCOME_OF_ENDING[outcome.ending])
+                outcome, config.max_response_bytes)
+            call.counters.call_ended(call, OUTCOME_OF_ENDING[outcome.ending])
             self._log_end(call, status, error_message)
-            request = call.http_request  # type: ignore[attr-defined]
+            request = call.http_request
             if request is not None:
-                call.http_request = None  # type: ignore[attr-defined]
+                call.http_request = None
                 headers.append((_REQUEST_ID, call.request_id.encode()))
                 hold_s = REFUSED_HOLD_S if outcome.ending is Ending.REJECTED else 0.0
                 request.respond(status, headers, body, lines, hold_s)
@@ -127,9 +170,10 @@ class FunctionApp:
             self._log.error(f"answering call {call.request_id} failed: "
                             f"{type(exc).__name__}: {exc}")
 
-    def _refusal(self, status: int, message: str, error_type: str, logged: bool) -> Answer:
+    def _refusal(self, pool: Pool, status: int, message: str, error_type: str,
+                 logged: bool) -> Answer:
         """The answer to a request refused before it became a call (`logged`: with a line)."""
-        self._metrics.count_refusal()
+        self._metrics.of(pool.name).count_refusal()
         request_id = new_id()
         if logged:
             self._refusal_lines.write(
@@ -158,7 +202,8 @@ class FunctionApp:
             return
         init_s = call.init_duration_s
         duration_ms = (finished_at - dispatched_at + (init_s or 0.0)) * 1000
-        report = logs.report_line(rid, duration_ms, self._config.memory_mb, call.peak_kb,
+        memory_mb = call.pool.config.memory_mb
+        report = logs.report_line(rid, duration_ms, memory_mb, call.peak_kb,
                                   (dispatched_at - call.arrived_at) * 1000,
                                   init_s * 1000 if init_s is not None else None)
         if error_message is None:
@@ -169,15 +214,20 @@ class FunctionApp:
     # -- the supervisor's own paths ----------------------------------------------------------------
 
     def _live(self) -> Answer:
-        if self._pool.is_live():
+        pools = list(self._host.pools.values())
+        if not pools or any(pool.is_live() for pool in pools):
             return 200, [_TEXT], b"ok\n"
         return 503, [_TEXT], (f"unhealthy: no worker could be started for "
                               f"{self._config.unhealthy_after_s:g} s\n").encode()
 
     def _ready(self) -> Answer:
-        if self._pool.is_ready():
+        """Single-function mode: ready while an instance can serve. With many functions: ready
+        while none that must keep instances (min_instances) is without one."""
+        pools = list(self._host.pools.values())
+        if all(pool.is_ready() for pool in pools):
             return 200, [_TEXT], b"ready\n"
-        failure = self._pool.boot_failure
+        failing = next((pool for pool in pools if not pool.is_ready()), None)
+        failure = failing.boot_failure if failing is not None else None
         if failure is not None:
             _, headers, _, body, _ = responses.render(failure, self._config.max_response_bytes)
             return 503, headers, body

@@ -66,10 +66,13 @@ class Instance:
 
     def __init__(self, ident: int, config: Config, sandbox: Sandbox,
                  enforcement: MemoryEnforcement, log: logs.Log, pool: PoolHooks,
-                 call_limit: int | None = None) -> None:
+                 call_limit: int | None = None, python: str = sys.executable) -> None:
         self.id = ident
+        self.python = python  # the interpreter of its worker
+        # When it last went idle (loop time): the host retires the least recently used.
+        self.idle_since = 0.0
         # The instance's own accounting (a cgroup, say) is made when its worker starts.
-        self.memory = InstanceMemory(enforcement.limit_bytes)
+        self.memory = InstanceMemory(config.memory_mb * MB)
         self.call_limit = call_limit
         self.state = State.STARTING
         # Why the pool wants it replaced ("recycle", "reload", ...), or None: it is fresh.
@@ -111,8 +114,10 @@ class Instance:
         cannot be made) is a failed boot: the pool retries with its backoff.
         """
         try:
-            self._share = self._sandbox.for_instance(self.id)
-            self.memory = self._enforcement.for_instance(self.id)
+            config = self._config
+            self._share = self._sandbox.for_instance(self.id, config)
+            self.memory = self._enforcement.for_instance(self.id, config.memory_mb,
+                                                         config.max_pids)
             self._start_process()
         except Exception as exc:
             self.memory.release()
@@ -207,12 +212,12 @@ class Instance:
         from_worker_r, from_worker_w = _pipe(opened)
         stdout_r, stdout_w = _pipe(opened)
         stderr_r, stderr_w = _pipe(opened)
-        argv = [sys.executable, "-P", "-m", "worker",
+        argv = [self.python, "-P", "-m", "worker",
                 str(to_worker_r), str(from_worker_w), str(os.getpid())]
         self._process = subprocess.Popen(
             self.memory.command(argv),
             cwd=self._config.code_root,
-            env=self._sandbox.spawn_environment,
+            env=self._sandbox.environment_for(self.python),
             stdin=subprocess.DEVNULL,
             stdout=stdout_w,
             stderr=stderr_w,

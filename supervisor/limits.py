@@ -318,13 +318,11 @@ class CgroupMemory(InstanceMemory):
 class MemoryEnforcement:
     """Makes the InstanceMemory of each new instance; the choice is made once at start."""
 
-    def __init__(self, limit_mb: int, parent: Path | None, layout: CgroupLayout | None,
-                 pids_parent: Path | None = None, max_pids: int = 0) -> None:
-        self.limit_bytes = limit_mb * MB
+    def __init__(self, parent: Path | None, layout: CgroupLayout | None,
+                 pids_parent: Path | None = None) -> None:
         self._parent = parent
         self._layout = layout
         self._pids_parent = pids_parent
-        self._max_pids = max_pids
         self._cgroups: list[CgroupMemory] = []
 
     @property
@@ -342,16 +340,18 @@ class MemoryEnforcement:
         """Whether each instance gets a pids cgroup (a fork bomb stays inside it)."""
         return self._pids_parent is not None
 
-    def for_instance(self, instance_id: int) -> InstanceMemory:
+    def for_instance(self, instance_id: int, limit_mb: int, max_pids: int) -> InstanceMemory:
+        """The accounting of a new instance limited to `limit_mb` and `max_pids` (its
+        function's own limits: with --config they differ between functions)."""
+        limit_bytes = limit_mb * MB
         if self._parent is None or self._layout is None:
-            memory = InstanceMemory(self.limit_bytes)
+            memory = InstanceMemory(limit_bytes)
         else:
-            memory = CgroupMemory(self.limit_bytes, self._parent / f"i{instance_id}",
-                                  self._layout)
+            memory = CgroupMemory(limit_bytes, self._parent / f"i{instance_id}", self._layout)
             self._cgroups.append(memory)
         if self._pids_parent is not None:
             try:
-                memory.limit_processes(self._pids_parent / f"i{instance_id}", self._max_pids)
+                memory.limit_processes(self._pids_parent / f"i{instance_id}", max_pids)
             except BaseException:
                 memory.release()
                 raise
@@ -371,9 +371,9 @@ class MemoryEnforcement:
             _remove_cgroup_tree(directory)
 
 
-def choose_enforcement(mode: str, limit_mb: int, max_pids: int) -> MemoryEnforcement:
+def choose_enforcement(mode: str) -> MemoryEnforcement:
     """The enforcement for `mode` ("auto", "cgroup" or "watchdog"), with a pids cgroup per
-    instance of at most `max_pids` tasks wherever the pids controller can be used.
+    instance wherever the pids controller can be used.
 
     Raises OSError when "cgroup" is asked for and no memory cgroup can be created here.
     """
@@ -384,10 +384,10 @@ def choose_enforcement(mode: str, limit_mb: int, max_pids: int) -> MemoryEnforce
                 parent = _make_parent(own_dir, layout, "memory")
             except OSError:
                 continue
-            return MemoryEnforcement(limit_mb, parent, layout, pids_parent, max_pids)
+            return MemoryEnforcement(parent, layout, pids_parent)
         if mode == "cgroup":
             raise OSError("no writable memory cgroup (v2 with the memory controller, or v1)")
-    return MemoryEnforcement(limit_mb, None, None, pids_parent, max_pids)
+    return MemoryEnforcement(None, None, pids_parent)
 
 
 def _pids_parent() -> Path | None:

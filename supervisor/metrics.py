@@ -13,10 +13,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from supervisor.calls import Call, Ending
+from supervisor.host import UNLIMITED, Host
 from supervisor.http11 import HttpStats
-from supervisor.instance import State
+from supervisor.instance import Instance, State
 from supervisor.logs import Log
-from supervisor.pool import Pool
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 # How a call ended, as the metrics name it.
@@ -70,25 +70,15 @@ class Histogram:
         yield f"{name}_sum", labels, self.total
 
 
-class Metrics:
-    """The supervisor's counters, and the scrape that renders them with the pool's state."""
+class FunctionCounters:
+    """One function's call counters, added to on the hot path."""
 
-    content_type = CONTENT_TYPE
+    __slots__ = ("calls", "duration", "queue_wait")
 
-    def __init__(self, function: str, pool: Pool, log: Log) -> None:
-        self._function = function
-        self._pool = pool
-        self._log = log
+    def __init__(self) -> None:
         self.calls = dict.fromkeys(OUTCOMES, 0)
         self.duration = Histogram(_DURATION_BUCKETS_S)
         self.queue_wait = Histogram(_WAIT_BUCKETS_S)
-        self._http_stats: HttpStats | None = None
-        self._open_connections: Callable[[], int] = lambda: 0
-
-    def watch_http(self, stats: HttpStats, open_connections: Callable[[], int]) -> None:
-        """Report the HTTP layer's counters too."""
-        self._http_stats = stats
-        self._open_connections = open_connections
 
     def call_ended(self, call: Call, outcome: str) -> None:
         """Count a call by outcome; time it if it reached an instance."""
@@ -104,77 +94,134 @@ class Metrics:
         """A request refused before it became a call (the queue is full, bad parameters)."""
         self.calls["rejected"] += 1
 
+
+class Metrics:
+    """Every function's counters, and the scrape that renders them with the pools' state.
+
+    `server_function` names the function the server-wide series (HTTP layer, log) are labelled
+    with in single-function mode; with many functions they carry no function label.
+    """
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, host: Host, log: Log, server_function: str | None) -> None:
+        self._host = host
+        self._log = log
+        self._server_labels = {"function": server_function} if server_function else {}
+        self._counters: dict[str, FunctionCounters] = {}
+        self._http_stats: HttpStats | None = None
+        self._open_connections: Callable[[], int] = lambda: 0
+
+    def watch_http(self, stats: HttpStats, open_connections: Callable[[], int]) -> None:
+        """Report the HTTP layer's counters too."""
+        self._http_stats = stats
+        self._open_connections = open_connections
+
+    def of(self, function: str) -> FunctionCounters:
+        """The counters of one function."""
+        counters = self._counters.get(function)
+        if counters is None:
+            counters = self._counters[function] = FunctionCounters()
+        return counters
+
     def render(self) -> bytes:
         """The Prometheus text format (version 0.0.4)."""
         return "".join(self._families()).encode()
 
     def _families(self) -> Iterable[str]:
-        function = {"function": self._function}
+        functions = sorted(set(self._counters) | set(self._host.pools))
+        counters = {name: self.of(name) for name in functions}
         stats = self._http_stats
-        calls = dict(self.calls)
-        if stats is not None:  # a body refused unread was refused as a call would have been
-            calls["rejected"] += stats.body_too_large
         yield _family("sfsupervisor_calls_total", "counter", "Calls by how they ended.",
-                      (("sfsupervisor_calls_total", {**function, "outcome": outcome}, count)
-                       for outcome, count in calls.items()))
+                      (("sfsupervisor_calls_total", {"function": name, "outcome": outcome},
+                        count + self._unread_refusals(name, outcome))
+                       for name in functions for outcome, count in counters[name].calls.items()))
         yield _family("sfsupervisor_call_duration_seconds", "histogram",
                       "Time calls ran on an instance.",
-                      self.duration.samples("sfsupervisor_call_duration_seconds", function))
+                      (sample for name in functions for sample in counters[name].duration.samples(
+                          "sfsupervisor_call_duration_seconds", {"function": name})))
         yield _family("sfsupervisor_queue_wait_seconds", "histogram",
                       "Time calls waited for a free instance.",
-                      self.queue_wait.samples("sfsupervisor_queue_wait_seconds", function))
-        yield from self._pool_families(function)
+                      (sample for name in functions
+                       for sample in counters[name].queue_wait.samples(
+                           "sfsupervisor_queue_wait_seconds", {"function": name})))
+        yield from self._pool_families()
         yield _family("sfsupervisor_log_dropped_lines_total", "counter",
                       "Log lines lost: the log destination did not take them in time, or failed.",
-                      [("sfsupervisor_log_dropped_lines_total", function,
+                      [("sfsupervisor_log_dropped_lines_total", self._server_labels,
                         self._log.dropped_lines)])
         if stats is not None:
-            yield from self._http_families(function, stats)
+            yield from self._http_families(self._server_labels, stats)
 
-    def _pool_families(self, function: dict[str, str]) -> Iterable[str]:
-        pool = self._pool
+    def _unread_refusals(self, function: str, outcome: str) -> int:
+        """A body refused unread (413) was refused as a call would have been: in single-function
+        mode it counts as the function's rejected call."""
+        stats = self._http_stats
+        if stats is None or outcome != "rejected" or \
+                self._server_labels.get("function") != function:
+            return 0
+        return stats.body_too_large
+
+    def _pool_families(self) -> Iterable[str]:
+        pools = sorted(self._host.pools.values(), key=lambda pool: pool.name)
         yield _family("sfsupervisor_queue_length", "gauge", "Calls waiting for a free instance.",
-                      [("sfsupervisor_queue_length", function, pool.queue_length)])
-        instances = pool.instances()
-        states = collections.Counter(instance.state for instance in instances)
+                      (("sfsupervisor_queue_length", {"function": pool.name}, pool.queue_length)
+                       for pool in pools))
         yield _family("sfsupervisor_instances", "gauge", "Instances by state.",
-                      (("sfsupervisor_instances", {**function, "state": state.value},
-                        states[state]) for state in State))
+                      (("sfsupervisor_instances", {"function": pool.name, "state": state.value},
+                        count) for pool in pools
+                       for state, count in _states(pool.instances())))
         yield _family("sfsupervisor_instance_restarts_total", "counter",
                       "Instances replaced, by why they ended.",
-                      (("sfsupervisor_instance_restarts_total", {**function, "reason": reason},
-                        count) for reason, count in sorted(pool.restarts.items())))
+                      (("sfsupervisor_instance_restarts_total",
+                        {"function": pool.name, "reason": reason}, count)
+                       for pool in pools for reason, count in sorted(pool.restarts.items())))
         yield _family("sfsupervisor_instance_memory_bytes", "gauge",
                       "Current memory of each live instance (its whole tree).",
                       (("sfsupervisor_instance_memory_bytes",
-                        {**function, "instance": str(instance.id)},
+                        {"function": pool.name, "instance": str(instance.id)},
                         instance.memory.current_bytes())
-                       for instance in instances
+                       for pool in pools for instance in pool.instances()
                        if instance.state in (State.STARTING, State.IDLE, State.BUSY)))
+        host = self._host
+        if host.max_instances < UNLIMITED:
+            yield _family("sfsupervisor_host_instances", "gauge",
+                          "Instances of all functions counted against the host's budget.",
+                          [("sfsupervisor_host_instances", {}, host.instances)])
+            yield _family("sfsupervisor_host_memory_bytes", "gauge",
+                          "The memory limits of those instances, summed.",
+                          [("sfsupervisor_host_memory_bytes", {}, host.memory_mb << 20)])
 
-    def _http_families(self, function: dict[str, str], stats: HttpStats) -> Iterable[str]:
+    def _http_families(self, labels: dict[str, str], stats: HttpStats) -> Iterable[str]:
         yield _family("sfsupervisor_http_connections_total", "counter",
                       "HTTP connections accepted.",
-                      [("sfsupervisor_http_connections_total", function, stats.connections)])
+                      [("sfsupervisor_http_connections_total", labels, stats.connections)])
         yield _family("sfsupervisor_http_connections", "gauge", "HTTP connections open.",
-                      [("sfsupervisor_http_connections", function, self._open_connections())])
+                      [("sfsupervisor_http_connections", labels, self._open_connections())])
         yield _family("sfsupervisor_http_events_total", "counter",
                       "What the HTTP layer answered or ended on its own: malformed requests "
                       "(400), heads (431) or bodies (413) over the limits, timeouts, clients "
                       "gone before their answer, failures answered 500.",
-                      (("sfsupervisor_http_events_total", {**function, "event": event},
+                      (("sfsupervisor_http_events_total", {**labels, "event": event},
                         getattr(stats, event)) for event in HTTP_EVENTS))
+
+
+def _states(instances: list[Instance]) -> Iterable[tuple[State, int]]:
+    counted = collections.Counter(instance.state for instance in instances)
+    return ((state, counted[state]) for state in State)
 
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> str:
     lines = [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"]
-    lines += [f"{sample}{{{_labels(labels)}}} {_number(value)}\n"
+    lines += [f"{sample}{_labels(labels)} {_number(value)}\n"
               for sample, labels, value in samples]
     return "".join(lines)
 
 
 def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
 
 
 def _escape(value: str) -> str:

@@ -19,7 +19,12 @@ stack: the instance that finished last serves next, and spares stay spare.
 
 Limits: without a memory cgroup, a watchdog timer samples every live instance's process tree
 each millisecond while any is starting or busy. Whatever a dead instance left behind is killed
-and reaped by the OrphanReaper.
+and reaped by the host (host.py), which knows every pool's instances.
+
+Sizes: a fixed pool (single-function mode) keeps `instances` + `spares` initialized. An elastic
+pool (--config) keeps min_instances, starts an instance for a call that finds none idle while
+it is under its max_instances and the host grants the room (host.py), and retires instances
+idle for idle_timeout down to min_instances.
 
 Replacing: an instance marked stale (it served its `max_calls`, less a random tenth so that
 instances do not all restart together; it sent a stray frame; or a reload asked for fresh code)
@@ -43,43 +48,45 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import random
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from supervisor import logs
 from supervisor.calls import Call, Ending, Outcome
-from supervisor.config import MB, Config
+from supervisor.config import MB, Config, FunctionSettings
 from supervisor.deadlines import DeadlineSweep
 from supervisor.instance import Instance, State
-from supervisor.limits import MemoryEnforcement, OrphanReaper, children_map
+from supervisor.limits import ChildrenMap, MemoryEnforcement, children_map
 from supervisor.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from supervisor.host import Host
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
 WATCHDOG_INTERVAL_S = 0.001
 # Every this many watchdog ticks, /proc is scanned for processes new to the instances' trees.
 TREE_RESCAN_TICKS = 50
-# Orphans of dead instances are looked for at most this often (a look scans /proc).
-ORPHAN_SWEEP_DELAY_S = 0.05
-# Exited children that are no instance's (daemons a function detached) are reaped this often.
-ZOMBIE_SWEEP_S = 1.0
 # While calls are being refused, the busy workers' pipes are read at most this often.
 REPLY_POLL_INTERVAL_S = 0.0001
 _USABLE = (State.STARTING, State.IDLE, State.BUSY)
+# Why an instance may be stale that lets it take no new call: it retires as soon as it is idle.
+_STRICT = ("code_change", "removed")
 _ACTIVE = (State.STARTING, State.BUSY)
 
 
 class Pool:
-    """Keeps the workers running and hands each call to a free one.
+    """Keeps one function's workers running and hands each call to a free one."""
 
-    `helpers` are the pids of the supervisor's own helper processes (the guard): children of
-    ours that are never taken for orphans.
-    """
-
-    def __init__(self, config: Config, memory: MemoryEnforcement, sandbox: Sandbox,
-                 log: logs.Log, helpers: frozenset[int] = frozenset()) -> None:
-        self._config = config
+    def __init__(self, settings: FunctionSettings, memory: MemoryEnforcement, sandbox: Sandbox,
+                 log: logs.Log, host: Host) -> None:
+        self.name = settings.name
+        self._settings = settings
+        self._config = settings.config
+        self._host = host
         self._memory = memory
         self._sandbox = sandbox
         self._log = log
@@ -89,7 +96,6 @@ class Pool:
         self._waiting: deque[Call] = deque()
         self._waiting_bytes = 0
         self._busy = 0
-        self._next_id = 1
         self._boot_failure: Outcome | None = None
         self._boot_failures = 0
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -97,11 +103,8 @@ class Pool:
         self._watchdog_ticks = 0
         self._queue_timer: asyncio.TimerHandle | None = None
         self._replies_polled_at = 0.0
-        self._sweep_timer: asyncio.TimerHandle | None = None
-        self._zombie_timer: asyncio.TimerHandle | None = None
         # When workers last started failing to start at all (None: the last start worked).
         self._starts_failing_since: float | None = None
-        self._reaper = OrphanReaper(self._loop, set(helpers))
         self._deadlines = DeadlineSweep(self._loop, self._instances.values)
         # Instances say when their call's deadline is (PoolHooks): straight to the sweep.
         self.deadline_set = self._deadlines.watch
@@ -118,7 +121,19 @@ class Pool:
         """Spawn the instances; calls may arrive at once and wait for the first READY."""
         self._started_at = self._loop.time()
         self._fill()
-        self._zombie_timer = self._loop.call_later(ZOMBIE_SWEEP_S, self._reap_zombies)
+
+    @property
+    def settings(self) -> FunctionSettings:
+        return self._settings
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def memory_mb(self) -> int:
+        """The memory limit of each of its instances: its share of the host's budget."""
+        return self._config.memory_mb
 
     def submit(self, call: Call) -> None:
         """Start the call on a free instance, or queue it; its outcome goes to call.on_done.
@@ -142,6 +157,8 @@ class Pool:
             self._waiting_bytes += call.held_bytes
             if self._queue_timer is None:
                 self._arm_queue_timer()
+            if self._settings.elastic:
+                self._fill()  # the call needs an instance: start one if there is room
 
     def refusal(self, held_bytes: int) -> str | None:
         """Why a call holding `held_bytes` would be refused at once (429), or None.
@@ -207,9 +224,13 @@ class Pool:
         return self._boot_failure
 
     def is_ready(self) -> bool:
-        """Whether a call could run now: an instance is initialized and we are not stopping."""
-        return not self.draining and any(
-            i.state in (State.IDLE, State.BUSY) for i in self._instances.values())
+        """Whether a call could run now: an instance is initialized (or, elastic without
+        min_instances, one may be started for it) and we are not stopping."""
+        if self.draining:
+            return False
+        if self._settings.elastic and not self._settings.min_instances:
+            return self._boot_failure is None
+        return any(i.state in (State.IDLE, State.BUSY) for i in self._instances.values())
 
     def is_live(self) -> bool:
         """False once no worker could be started for unhealthy_after_s and none is left:
@@ -229,7 +250,7 @@ class Pool:
         stale = [i for i in self._instances.values() if i.state in _USABLE]
         self._log.info(f"{reason}: replacing {len(stale)} instance(s) with fresh ones")
         for instance in stale:
-            instance.stale = "code_change" if strict else "reload"
+            instance.stale = "code_change" if strict else "reload"  # see _STRICT
         if strict:
             for instance in [i for i in self._idle if i.stale]:
                 self._idle.remove(instance)
@@ -237,6 +258,76 @@ class Pool:
             self._boot_failure = None  # the new code deserves a try at once
             self._boot_failures = 0
         self._fill()
+
+    def reconfigure(self, settings: FunctionSettings) -> None:
+        """New settings (a reloaded --config): instances started from now on take them, and
+        every running one is replaced (strictly, so that the budget is not outgrown)."""
+        self._settings = settings
+        self._config = settings.config
+        self.reload("configuration reloaded", strict=True)
+
+    def drain(self) -> None:
+        """The function is going away: queued calls still run, idle instances retire now and
+        busy ones after their call; the host forgets the pool once it has none left."""
+        self._config = dataclasses.replace(self._config, spares=0)
+        self._settings = FunctionSettings(self.name, self._config, elastic=True)
+        for instance in list(self._instances.values()):
+            if instance.state in _USABLE:
+                instance.stale = "removed"
+        for instance in [i for i in self._idle if i.stale]:
+            self._idle.remove(instance)
+            self._retire_stale(instance)
+        self._fill()
+
+    @property
+    def is_drained(self) -> bool:
+        return not self._instances and not self._waiting
+
+    def evictable(self) -> list[tuple[float, Instance]]:
+        """(idle since, instance) of idle instances the host may retire for another function's
+        call: beyond min_instances, and only from an elastic pool."""
+        if not self._settings.elastic:
+            return []
+        spare = sum(1 for i in self._instances.values() if i.state in _USABLE) \
+            - self._settings.min_instances
+        idle = sorted((i.idle_since, i) for i in self._idle if not i.stale)
+        return idle[:max(0, spare)]
+
+    def evict(self, instance: Instance) -> None:
+        """Retire an idle instance to make room for another function's."""
+        if instance in self._idle:
+            self._idle.remove(instance)
+            self._log.info(f"instance {instance.id} retired to make room for another function",
+                           instance.id)
+            instance.retire("evicted")
+            self.restarts["evicted"] += 1
+
+    def retire_idle(self) -> None:
+        """Retire instances idle longer than idle_timeout, down to min_instances."""
+        if not self._settings.elastic or self._stopping:
+            return
+        cutoff = self._loop.time() - self._settings.idle_timeout_s
+        usable = sum(1 for i in self._instances.values() if i.state in _USABLE)
+        for instance in sorted(self._idle, key=lambda i: i.idle_since):
+            if usable <= self._settings.min_instances or instance.idle_since > cutoff:
+                break
+            self._idle.remove(instance)
+            instance.retire("idle")
+            self.restarts["idle"] += 1
+            usable -= 1
+
+    def retiring_count(self) -> int:
+        """Instances on their way out: their share of the budget is free once reaped."""
+        return sum(1 for i in self._instances.values() if i.state is State.RETIRING)
+
+    def budget_freed(self) -> None:
+        """The host has room again: start what the pool still wants."""
+        self._fill()
+
+    def live_pids(self, children: ChildrenMap) -> set[int]:
+        """Every process of the pool's instances that are not reaped yet."""
+        return {pid for i in self._instances.values() if i.state is not State.DEAD
+                for pid in i.memory.pids(children)}
 
     def instances(self) -> list[Instance]:
         return list(self._instances.values())
@@ -251,8 +342,7 @@ class Pool:
     def abort_calls(self) -> None:
         """Stopping: answer waiting calls with SHUTDOWN and retire every instance."""
         self._stopping = True
-        for timer in (self._retry_timer, self._watchdog_timer, self._sweep_timer,
-                      self._queue_timer, self._zombie_timer):
+        for timer in (self._retry_timer, self._watchdog_timer, self._queue_timer):
             if timer is not None:
                 timer.cancel()
         self._deadlines.close()
@@ -268,7 +358,6 @@ class Pool:
                 await asyncio.wait_for(self._all_reaped.wait(), timeout_s)
             except TimeoutError:
                 self._log.error(f"{len(self._instances)} instance(s) not reaped in time")
-        self._reaper.sweep(children_map(), keep=set())
 
     # -- hooks called by instances -------------------------------------------------------------
 
@@ -295,11 +384,14 @@ class Pool:
             self._log.info(f"instance {instance.id} served {instance.calls_served} calls; "
                            "recycling it once its replacement is ready", instance.id)
             self.replace(instance, "recycle")
-        if instance.stale and (instance.stale == "code_change" or self._surplus() > 0):
+        instance.idle_since = self._loop.time()
+        if instance.stale and (instance.stale in _STRICT or self._surplus() > 0):
             self._retire_stale(instance)
             return
         self._idle.append(instance)
         self._pump()
+        if instance.state is State.IDLE and self._settings.elastic:
+            self._host.instance_idle(self)
 
     def replace(self, instance: Instance, reason: str) -> None:
         """Mark the instance stale: it serves until a fresh one is ready, then retires."""
@@ -321,8 +413,7 @@ class Pool:
         self._instances.pop(instance.id, None)
         if not self._instances:
             self._all_reaped.set()
-        if self._sweep_timer is None and not self._stopping:
-            self._sweep_timer = self._loop.call_later(ORPHAN_SWEEP_DELAY_S, self._sweep_orphans)
+        self._host.instance_reaped(self)
 
     # -- dispatch --------------------------------------------------------------------------------
 
@@ -380,21 +471,28 @@ class Pool:
                 return
             missing = min(missing, 1)
         for _ in range(missing):
+            if not self._host.grant(self):
+                return  # no room on the host now: budget_freed() comes back
             self._spawn()
 
     def _spawn(self) -> None:
-        ident = self._next_id
-        self._next_id += 1
+        ident = self._host.next_instance_id()
         instance = Instance(ident, self._config, self._sandbox, self._memory, self._log,
-                            self, _call_limit(self._config.max_calls))
+                            self, _call_limit(self._config.max_calls), self._settings.python)
         self._instances[ident] = instance
         self._all_reaped.clear()
         instance.spawn()
         self._watch_memory()
 
     def _size(self) -> int:
-        """How many initialized instances the pool keeps: the concurrency, plus the spares."""
-        return self._config.instances + self._config.spares
+        """How many initialized instances the pool wants: fixed, the concurrency plus the
+        spares; elastic, one per call running or waiting (up to the concurrency, at least
+        min_instances) plus the spares."""
+        config = self._config
+        if not self._settings.elastic:
+            return config.instances + config.spares
+        demand = min(config.instances, self._busy + len(self._waiting))
+        return max(self._settings.min_instances, demand) + config.spares
 
     def _surplus(self) -> int:
         """Initialized instances beyond the pool's size: as many stale ones may retire."""
@@ -445,27 +543,15 @@ class Pool:
         if active:
             self._watch_memory()
 
-    def _reap_zombies(self) -> None:
-        self._reaper.reap_exited(keep={i.pid for i in self._instances.values()})
-        self._zombie_timer = self._loop.call_later(ZOMBIE_SWEEP_S, self._reap_zombies)
-
-    def _sweep_orphans(self) -> None:
-        self._sweep_timer = None
-        children = children_map()
-        if not children:
-            return  # /proc could not be read (out of descriptors?): the next reap sweeps
-        live = [i for i in self._instances.values() if i.state is not State.DEAD]
-        self._reaper.sweep(children, keep={pid for i in live for pid in i.memory.pids(children)})
-        self._memory.remove_released()
-
     def _announce_if_all_ready(self) -> None:
         if self._announced_ready:
             return
         ready = sum(1 for i in self._instances.values() if i.state in (State.IDLE, State.BUSY))
-        if ready >= self._config.instances + self._config.spares:
+        if ready >= self._size():
             self._announced_ready = True
             elapsed_ms = (self._loop.time() - self._started_at) * 1000
-            self._log.info(f"all {ready} instances ready in {elapsed_ms:.0f} ms")
+            where = f" of {self.name}" if self._settings.elastic else ""
+            self._log.info(f"all {ready} instances{where} ready in {elapsed_ms:.0f} ms")
 
 
 def _call_limit(max_calls: int) -> int | None:

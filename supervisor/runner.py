@@ -12,8 +12,9 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 
-from supervisor import guard, limits, logs, reloader, sandbox
-from supervisor.config import Config
+from supervisor import configfile, guard, limits, logs, reloader, sandbox
+from supervisor.config import Config, FunctionSettings
+from supervisor.host import Host
 from supervisor.http import FunctionApp
 from supervisor.http11 import HttpLimits, HttpServer
 from supervisor.metrics import Metrics
@@ -33,19 +34,32 @@ DRAIN_POLL_S = 0.01
 
 
 def run(config: Config) -> int:
-    """Serve the function until SIGTERM or SIGINT; returns the exit code (2: the sandbox
-    asked for cannot work here, said in one line)."""
+    """Serve one function until SIGTERM or SIGINT; returns the exit code (2: the sandbox asked
+    for cannot work here, said in one line)."""
+    single = FunctionSettings(config.function_name, config)
+    return _run(config, [single], single.name, None)
+
+
+def run_host(host_config: configfile.HostConfig) -> int:
+    """Serve the functions of a --config file (SIGHUP reads it again); the exit code."""
+    return _run(host_config.server, list(host_config.functions.values()), None, host_config)
+
+
+def _run(server: Config, functions: list[FunctionSettings], single: str | None,
+         host_config: configfile.HostConfig | None) -> int:
     try:
-        chosen = sandbox.choose(config)
+        # Probed with a function's own code root: readable to the sandbox uid, it must be.
+        chosen = sandbox.choose(functions[0].config)
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve(config, chosen))
+        return runner.run(_serve(server, functions, single, host_config, chosen))
 
 
-async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
-    log = logs.Log(config.log_format, config.log_level, config.function_name)
+async def _serve(config: Config, functions: list[FunctionSettings], single: str | None,
+                 host_config: configfile.HostConfig | None, chosen: sandbox.Sandbox) -> int:
+    log = logs.Log(config.log_format, config.log_level, single or "")
     log.attach(asyncio.get_running_loop())
     _route_library_logs(log, config.log_level)
     sandbox.seal_supervisor()
@@ -55,10 +69,8 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
         log.error(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
         log.close(LOG_DRAIN_TIMEOUT_S)
         return 1
-    host, port = listener.getsockname()[:2]
     try:
-        memory = limits.choose_enforcement(config.memory_enforcement, config.memory_mb,
-                                           config.max_pids)
+        memory = limits.choose_enforcement(config.memory_enforcement)
     except OSError as exc:
         log.error(f"--memory-enforcement {config.memory_enforcement}: {exc}")
         log.close(LOG_DRAIN_TIMEOUT_S)
@@ -71,25 +83,24 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
     if directories := memory.cgroup_directories():
         guard_pid, guard_pipe = guard.start(directories)
         helpers = frozenset({guard_pid})
-    pool = Pool(config, memory, chosen, log, helpers)
-    metrics = Metrics(config.function_name, pool, log)
-    server = HttpServer(FunctionApp(pool, metrics, config, log), _http_limits(config),
+    budgets = (host_config.max_instances, host_config.max_memory_mb) if host_config else ()
+    host = Host(memory, helpers, *budgets)
+    for settings in functions:
+        host.add(Pool(settings, memory, chosen, log, host))
+    metrics = Metrics(host, log, single)
+    server = HttpServer(FunctionApp(host, metrics, config, log, single), _http_limits(config),
                         asyncio.get_running_loop())
     metrics.watch_http(server.stats, lambda: server.connection_count)
-    log.info(f"serving {config.entrypoint} from {config.code_root} on "
-             f"http://{_url_host(host)}:{port} with {config.instances} instance(s) "
-             f"+ {config.spares} spare(s), timeout {config.timeout_s:g} s, "
-             f"memory {config.memory_mb} MB enforced by {memory.description}, "
-             f"sandbox {chosen.description}")
-    if chosen.warning:
-        log.warning(chosen.warning)
-    pool.start()
-    with _operator_signals(pool, log), _reloading(config, pool, log):
+    _announce(log, listener, host, memory, chosen)
+    host.start()
+    reload = _reloader(host_config, host, memory, chosen, log)
+    with _operator_signals(reload, host, log), _reloading(config, host, single, log), \
+            _pid_file(host_config):
         try:
             await server.start(listener)
-            await _serve_until_stopped(server, pool, config.graceful_timeout_s, log)
+            await _serve_until_stopped(server, host, config.graceful_timeout_s, log)
         finally:
-            await pool.stop(REAP_TIMEOUT_S)
+            await host.stop(REAP_TIMEOUT_S)
             memory.close()
             chosen.close()
             if guard_pipe >= 0:
@@ -99,12 +110,56 @@ async def _serve(config: Config, chosen: sandbox.Sandbox) -> int:
     return 0
 
 
+def _announce(log: logs.Log, listener: socket.socket, host: Host,
+              memory: limits.MemoryEnforcement, chosen: sandbox.Sandbox) -> None:
+    address, port = listener.getsockname()[:2]
+    url = f"http://{_url_host(address)}:{port}"
+    pools = list(host.pools.values())
+    enforced = f"enforced by {memory.description}, sandbox {chosen.description}"
+    if len(pools) == 1 and not pools[0].settings.elastic:
+        config = pools[0].config
+        log.info(f"serving {config.entrypoint} from {config.code_root} on {url} with "
+                 f"{config.instances} instance(s) + {config.spares} spare(s), timeout "
+                 f"{config.timeout_s:g} s, memory {config.memory_mb} MB {enforced}")
+    else:
+        log.info(f"serving {len(pools)} function(s) on {url} within {host.max_instances} "
+                 f"instance(s) and {host.max_memory_mb} MB, memory {enforced}")
+        for pool in pools:
+            log.info(f"  {url}/{pool.name}: {pool.config.entrypoint} from "
+                     f"{pool.config.code_root}, {pool.settings.min_instances}-"
+                     f"{pool.config.instances} instance(s) of {pool.config.memory_mb} MB")
+    if chosen.warning:
+        log.warning(chosen.warning)
+
+
+def _reloader(host_config: configfile.HostConfig | None, host: Host,
+              memory: limits.MemoryEnforcement, chosen: sandbox.Sandbox,
+              log: logs.Log) -> Callable[[str], None]:
+    """What SIGHUP does: replace every instance; with --config, read the file again first."""
+    def reload_code(reason: str) -> None:
+        for pool in host.pools.values():
+            pool.reload(reason)
+
+    def reload_file(reason: str) -> None:
+        assert host_config is not None
+        try:
+            fresh = configfile.load(host_config.path, host_config.command_line)
+        except configfile.ConfigFileError as exc:
+            log.error(f"{reason}: {exc}; still serving the functions as they were")
+            return
+        log.info(f"{reason}: {host_config.path} read again")
+        host.reconcile(list(fresh.functions.values()),
+                       lambda settings: Pool(settings, memory, chosen, log, host), log)
+
+    return reload_code if host_config is None else reload_file
+
+
 def _http_limits(config: Config) -> HttpLimits:
     return HttpLimits(max_body_bytes=config.max_request_bytes,
                       read_timeout_s=config.read_timeout_s)
 
 
-async def _serve_until_stopped(server: HttpServer, pool: Pool, graceful_timeout_s: float,
+async def _serve_until_stopped(server: HttpServer, host: Host, graceful_timeout_s: float,
                                log: logs.Log) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, let calls finish for up to
     graceful_timeout_s, answer what is left with 503 and close. A second signal stops at once."""
@@ -128,15 +183,22 @@ async def _serve_until_stopped(server: HttpServer, pool: Pool, graceful_timeout_
     try:
         await signalled.wait()
         server.stop_accepting()
-        pool.draining = True
+        pools = list(host.every_pool())
+        for pool in pools:
+            pool.draining = True
         deadline = loop.time() + graceful_timeout_s
-        while (pool.calls_in_progress or server.connection_count) and not forced \
+
+        def calls_in_progress() -> int:
+            return sum(pool.calls_in_progress for pool in pools)
+
+        while (calls_in_progress() or server.connection_count) and not forced \
                 and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
-        if pool.calls_in_progress and not forced:
+        if calls_in_progress() and not forced:
             log.warning(f"calls still unfinished after {graceful_timeout_s:g} s; "
                         "answering them 503")
-        pool.abort_calls()
+        for pool in pools:
+            pool.abort_calls()
         await server.wait_closed(FORCED_CLOSE_TIMEOUT_S if forced else CLOSE_TIMEOUT_S)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -144,14 +206,22 @@ async def _serve_until_stopped(server: HttpServer, pool: Pool, graceful_timeout_
 
 
 @contextlib.contextmanager
-def _operator_signals(pool: Pool, log: logs.Log) -> Iterator[None]:
+def _operator_signals(reload: Callable[[str], None], host: Host,
+                      log: logs.Log) -> Iterator[None]:
     """SIGHUP reloads: every instance is replaced by a fresh one that imports the code anew,
-    with no call failing. SIGUSR1 and SIGUSR2 log the pool's state. None of them stops us."""
+    with no call failing (with --config, after the file is read again). SIGUSR1 and SIGUSR2 log
+    the pools' state. None of them stops us."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, pool.reload, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, reload, "SIGHUP")
+
+    def describe(name: str) -> None:
+        pools = list(host.pools.values())
+        for pool in pools:
+            named = f"{pool.name}: " if pool.settings.elastic else ""
+            log.info(f"{name}: {named}{pool.describe()}")
+
     for signum in (signal.SIGUSR1, signal.SIGUSR2):
-        name = signal.Signals(signum).name
-        loop.add_signal_handler(signum, lambda name=name: log.info(f"{name}: {pool.describe()}"))
+        loop.add_signal_handler(signum, describe, signal.Signals(signum).name)
     try:
         yield
     finally:
@@ -160,12 +230,27 @@ def _operator_signals(pool: Pool, log: logs.Log) -> Iterator[None]:
             signal.signal(signum, signal.SIG_IGN)  # on the way out they must not kill us either
 
 
-def _reloading(config: Config, pool: Pool,
+def _reloading(config: Config, host: Host, single: str | None,
                log: logs.Log) -> contextlib.AbstractContextManager[None]:
-    """--reload: new code replaces the instances as soon as it is saved."""
-    if not config.reload:
+    """--reload (single-function mode): new code replaces the instances once it is saved."""
+    if not config.reload or single is None:
         return contextlib.nullcontext()
+    pool = host.pools[single]
     return reloader.reloading(config.code_root, functools.partial(pool.reload, strict=True), log)
+
+
+@contextlib.contextmanager
+def _pid_file(host_config: configfile.HostConfig | None) -> Iterator[None]:
+    """With --config: our pid where `sfsupervisor reload` looks for it."""
+    if host_config is None:
+        yield
+        return
+    path = configfile.pid_file(host_config.path)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _listen(host: str, port: int) -> socket.socket:

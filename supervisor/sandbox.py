@@ -29,16 +29,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import worker
 from supervisor.config import MB, Config, default_path
 
 TIERS = ("ns", "uid", "none")
 UID_LOCKS = Path("/run/sfsupervisor/uids")
 PROBE_TIMEOUT_S = 20.0
 _TMP_PREFIX = "sfsupervisor-"
+_RUNTIME_PREFIX = "sfsupervisor-runtime-"
 _PR_SET_DUMPABLE = 4
 # The supervisor's own interpreter settings, passed on so that workers run the same interpreter
 # the same way (PYTHONDONTWRITEBYTECODE: a cached .pyc of a file saved within the same second
@@ -92,6 +95,7 @@ class Sandbox:
         # killed: they are swept when first given out (one look at /proc now, not one a spawn).
         self._stale_uids = _uids_running(self._uids) if self.gives_uids() else set()
         self._tmp_root: Path | None = None
+        self._runtime_dir: Path | None = None  # the worker package alone, for other interpreters
 
     @property
     def description(self) -> str:
@@ -103,8 +107,20 @@ class Sandbox:
             return f"uid (a uid per instance from {self._uids.start}-{self._uids.stop - 1})"
         return "none"
 
-    def for_instance(self, instance_id: int) -> InstanceSandbox:
-        """Allocate the instance's uid and temporary directory; OSError if none is free."""
+    def environment_for(self, python: str) -> dict[str, str]:
+        """The environment a worker of `python` starts with. Another interpreter than ours
+        (a function's own virtualenv) finds the runtime's worker package, and nothing else of
+        the supervisor's installation, on its path."""
+        if python == sys.executable:
+            return self.spawn_environment
+        if self._runtime_dir is None:
+            self._runtime_dir = Path(tempfile.mkdtemp(prefix=_RUNTIME_PREFIX))
+            (self._runtime_dir / "worker").symlink_to(Path(worker.__file__).parent)
+        return {**self.spawn_environment, "PYTHONPATH": str(self._runtime_dir)}
+
+    def for_instance(self, instance_id: int, config: Config) -> InstanceSandbox:
+        """Allocate the instance's uid and temporary directory; OSError if none is free.
+        `config` is its function's (code root, /tmp size, pids, network)."""
         uid, lock_fd = self._allocate_uid() if self.gives_uids() else (None, -1)
         try:
             tmp_dir = None if self.tier == "ns" else self._make_tmp_dir(instance_id, uid)
@@ -115,23 +131,23 @@ class Sandbox:
         tmp = str(tmp_dir) if tmp_dir is not None else "/tmp"
         user = f"sfs{uid}" if uid is not None else getpass.getuser()
         return InstanceSandbox(
-            spec=self.spec(uid),
+            spec=self.spec(uid, config),
             environment={"HOME": tmp, "TMPDIR": tmp, "USER": user, "LOGNAME": user},
             uid=uid, _lock_fd=lock_fd, _tmp_dir=tmp_dir,
         )
 
     def close(self) -> None:
         """Remove the supervisor's temporary directories (every instance is gone by now)."""
-        if self._tmp_root is not None:
-            shutil.rmtree(self._tmp_root, ignore_errors=True)
+        for directory in (self._tmp_root, self._runtime_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def gives_uids(self) -> bool:
         """Whether each instance gets a uid of its own."""
         return self._as_root and self.tier in ("ns", "uid")
 
-    def spec(self, uid: int | None) -> dict[str, Any]:
-        """What a worker seals itself with (the INIT frame carries it)."""
-        config = self._config
+    def spec(self, uid: int | None, config: Config) -> dict[str, Any]:
+        """What a worker of `config`'s function seals itself with (the INIT frame carries it)."""
         return {
             "tier": self.tier, "uid": uid, "gid": uid, "tmp_bytes": config.tmp_mb * MB,
             "no_network": config.no_network, "code_root": str(config.code_root),
@@ -193,7 +209,7 @@ def choose(config: Config) -> Sandbox:
 
 def _probe(sandbox: Sandbox, config: Config) -> str | None:
     """Seal a throwaway process exactly as a worker; None if that works, else why not."""
-    spec = sandbox.spec(config.sandbox_uids[0] if sandbox.gives_uids() else None)
+    spec = sandbox.spec(config.sandbox_uids[0] if sandbox.gives_uids() else None, config)
     try:
         done = subprocess.run([sys.executable, "-P", "-m", "worker.sandbox", json.dumps(spec)],
                               cwd=config.code_root, env=spawn_environment(), capture_output=True,

@@ -669,7 +669,8 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
     `launch` keywords: `code_root` (--dir, default tests/functions), `wait_instances` (wait for
     the `instances ready` line, default True), `command` (default `python -m supervisor`),
     `port_from_env` (pass the port as $PORT instead of --host/--port), `extra_env`, `stderr`
-    (a descriptor for the supervisor's stderr instead of the log file).
+    (a descriptor for the supervisor's stderr instead of the log file), `config` (serve this
+    --config file; `entrypoint` and `code_root` are then unused).
     """
     launched: list[Supervisor] = []
 
@@ -682,6 +683,7 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
         port_from_env: bool = False,
         extra_env: dict[str, str] | None = None,
         stderr: int | None = None,
+        config: Path | None = None,
     ) -> Supervisor:
         port = free_port()
         address = [] if port_from_env else ["--host", "127.0.0.1", "--port", str(port)]
@@ -694,7 +696,10 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
         if port_from_env:
             env["PORT"] = str(port)
         env.update(extra_env or {})
-        argv = [*command, "--dir", str(code_root), *address, *options, entrypoint]
+        if config is None:
+            argv = [*command, "--dir", str(code_root), *address, *options, entrypoint]
+        else:
+            argv = [*command, "--config", str(config), *address, *options]
         supervisor = Supervisor(argv, env, port, log_dir, f"supervisor-{len(launched)}", stderr)
         launched.append(supervisor)
         supervisor.start(wait_instances)
