@@ -716,22 +716,10 @@ def supervisor_launcher(log_dir: Path) -> Iterator[Launch]:
 @functools.cache
 def sandbox_unavailable(tier: str) -> str | None:
     """Why `--sandbox tier` cannot start on this machine (its one error line); None when it can."""
-    argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0",
-            "--instances", "1", "--spares", "0", "--sandbox", tier, "hostile.handler"]
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith("SFSUPERVISOR_")}
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=env,
-                          cwd=FUNCTIONS_DIR) as probe:
-        assert probe.stderr is not None
-        line = next((line for line in probe.stderr if SANDBOX_ERROR in line or SERVING in line),
-                    "")
-        if SERVING not in line:
-            code = probe.wait(STOP_DEADLINE_S)
-            assert code == 2 and line.startswith(SANDBOX_ERROR), f"exit code {code}, {line!r}"
-            return line.strip()
-        probe.send_signal(signal.SIGTERM)
-        probe.communicate(timeout=STOP_DEADLINE_S)
+    line, code = _startup_line("--sandbox", tier, marker=SANDBOX_ERROR)
+    if code is not None:
+        assert code == 2 and line.startswith(SANDBOX_ERROR), f"exit code {code}, {line!r}"
+        return line.strip()
     assert f"sandbox {tier}" in line, line
     return None
 
@@ -739,20 +727,28 @@ def sandbox_unavailable(tier: str) -> str | None:
 @functools.cache
 def cgroup_unavailable() -> str | None:
     """Why `--memory-enforcement cgroup` cannot start on this machine; None when it can."""
+    line, code = _startup_line("--memory-enforcement", "cgroup", marker=NO_CGROUP)
+    if code is not None:
+        assert code == 1 and NO_CGROUP in line, f"exit code {code}, {line!r}"
+        return line.strip()
+    assert ENFORCED_BY["cgroup"] in line, line
+    return None
+
+
+def _startup_line(*options: str, marker: str) -> tuple[str, int | None]:
+    """Start a supervisor with `options`; its startup line and None once it serves (it is then
+    stopped), or the line with `marker` and its exit code when it refused to start."""
     argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0",
-            "--instances", "1", "--spares", "0", "--memory-enforcement", "cgroup",
-            "hostile.handler"]
+            "--instances", "1", "--spares", "0", *options, "hostile.handler"]
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("SFSUPERVISOR_")}
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, env=env,
                           cwd=FUNCTIONS_DIR) as probe:
         assert probe.stderr is not None
-        line = next((line for line in probe.stderr if NO_CGROUP in line or SERVING in line), "")
-        if NO_CGROUP in line:
-            assert probe.wait(STOP_DEADLINE_S) == 1, line
-            return line.strip()
+        line = next((line for line in probe.stderr if marker in line or SERVING in line), "")
+        if SERVING not in line:
+            return line, probe.wait(STOP_DEADLINE_S)
         probe.send_signal(signal.SIGTERM)
         probe.communicate(timeout=STOP_DEADLINE_S)
-    assert ENFORCED_BY["cgroup"] in line, f"exit code {probe.returncode}, line {line!r}"
-    return None
+    return line, None

@@ -12,11 +12,9 @@ replaced by `none` with a warning.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -29,10 +27,10 @@ import pytest
 from e2e_helpers import (
     FUNCTIONS_DIR,
     PYTHON_M_SUPERVISOR,
-    STOP_DEADLINE_S,
     Launch,
     Supervisor,
     ok_json,
+    sandbox_unavailable,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,26 +46,9 @@ GOOD_CALLS = 5  # at least this many well-behaved calls run beside each escape
 DENIED = {"EPERM", "EACCES", "ENOENT", "ESRCH", "EROFS"}
 
 
-@functools.cache
-def tier_unavailable(tier: str) -> str | None:
-    """Why `--sandbox tier` cannot start here (its one-line refusal), or None."""
-    argv = [*PYTHON_M_SUPERVISOR, "--dir", str(FUNCTIONS_DIR), "--port", "0", "--instances",
-            "1", "--spares", "0", "--sandbox", tier, "escape.handler"]
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, cwd=FUNCTIONS_DIR) as probe:
-        assert probe.stderr is not None
-        line = probe.stderr.readline()
-        if "error" in line:
-            probe.wait(STOP_DEADLINE_S)
-            return line.strip()
-        probe.send_signal(signal.SIGTERM)
-        probe.communicate(timeout=STOP_DEADLINE_S)
-    return None
-
-
 def require_tier(tier: str) -> None:
     """Skip when the machine cannot give this tier, except in CI, where it must."""
-    if reason := tier_unavailable(tier):
+    if reason := sandbox_unavailable(tier):
         if os.environ.get("CI"):
             pytest.fail(f"--sandbox {tier} must work in CI: {reason}")
         pytest.skip(f"--sandbox {tier} is not available here: {reason}")
