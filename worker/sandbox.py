@@ -50,6 +50,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 # statvfs flags of a mount that a remount inside a user namespace must keep (they are locked).
 _LOCKED_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+_PRIVATE_MOUNTS = ("/tmp", "/dev/shm")
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _CAPABILITY_VERSION_3 = 0x20080522
@@ -130,15 +131,59 @@ def _map_ids(uid: int, gid: int) -> None:
 def _mount_private_view(spec: dict[str, Any], as_root: bool) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # The private /tmp and /dev/shm would hide code, the interpreter or packages that live under
+    # them (a checkout in /tmp): hold each such place by descriptor and bind it back in, read-only.
+    hidden = _places_under(_PRIVATE_MOUNTS, [spec["code_root"], *_import_places()])
+    held = {place: os.open(place, os.O_PATH | os.O_DIRECTORY) for place in hidden}
+    way_in = {path: os.stat(path) for place in hidden for path in _directories_below(place)}
     owner = f",uid={spec['uid']},gid={spec['gid']}" if as_root and spec["uid"] is not None else ""
     size = f"size={spec['tmp_bytes']}"
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode=0700{owner}")
     if os.path.isdir("/dev/shm"):
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode=1777")
-    code_root = spec["code_root"]
-    _mount(code_root, code_root, None, MS_BIND | MS_REC)
-    kept = os.statvfs(code_root).f_flag & _LOCKED_FLAGS
-    _mount(None, code_root, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
+    for path, status in sorted(way_in.items()):
+        _recreate_directory(path, status, as_root)
+    for place, fd in held.items():
+        _bind_read_only(f"/proc/self/fd/{fd}", place)
+        os.close(fd)
+    _bind_read_only(spec["code_root"], spec["code_root"])
+    # The working directory still points into the mounts beneath: look it up again by name.
+    os.chdir(os.getcwd())
+
+
+def _import_places() -> list[str]:
+    """Where this interpreter may load code from: its own directory and every import path."""
+    return [os.path.dirname(sys.executable), *sys.path]
+
+
+def _places_under(mounts: Sequence[str], places: Sequence[str]) -> list[str]:
+    """The existing directories of `places` below one of `mounts`, none inside another."""
+    found = sorted({os.path.realpath(place) for place in places if place and os.path.isdir(place)})
+    inside = [place for place in found if any(place.startswith(mount + "/") for mount in mounts)]
+    return [place for place in inside
+            if not any(place.startswith(other + "/") for other in inside)]
+
+
+def _directories_below(place: str) -> list[str]:
+    """The directories from its private mount down to `place` (/tmp/a/b → /tmp/a, /tmp/a/b)."""
+    mount = next(mount for mount in _PRIVATE_MOUNTS if place.startswith(mount + "/"))
+    parts = place[len(mount) + 1:].split("/")
+    return [os.path.join(mount, *parts[:depth]) for depth in range(1, len(parts) + 1)]
+
+
+def _recreate_directory(path: str, status: os.stat_result, as_root: bool) -> None:
+    """The same directory in the new tmpfs, with the same owner and mode: the sandbox gets no
+    way in that it did not have (a 0700 parent stays closed to the instance's uid)."""
+    os.makedirs(path, exist_ok=True)
+    if as_root:
+        os.chown(path, status.st_uid, status.st_gid)
+    os.chmod(path, status.st_mode & 0o7777)
+
+
+def _bind_read_only(source: str, target: str) -> None:
+    _mount(source, target, None, MS_BIND | MS_REC)
+    kept = os.statvfs(target).f_flag & _LOCKED_FLAGS
+    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,

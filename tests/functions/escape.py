@@ -82,7 +82,11 @@ def do_fill_tmp(query):
 
 
 def do_write_code_root(query):
-    """Try to write a file into the code root (the working directory)."""
+    """Try to write a file into the code root (the working directory), by relative path (through
+    the directory the process started in) and by absolute path."""
+    relative = outcome(lambda: read_back("pwned.txt"))
+    if relative == "ok":
+        return relative
     return outcome(lambda: read_back(os.path.join(os.getcwd(), "pwned.txt")))
 
 
