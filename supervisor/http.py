@@ -10,7 +10,8 @@ passed to the function: /healthz, /readyz and /metrics.
 
 Routing: in single-function mode the function is served at every other path. With --config,
 as the platform's URLs do, `/{name}` and `/{name}/anything` call the function `name` (the path
-is still not part of the event), and any other path is answered 404 NotFound.
+is still not part of the event), and any other path is answered 404 NotFound. Paths under
+/2015-03-31/functions/ are the Lambda Invoke API (lambda_api.py), in either mode.
 
 Nothing here builds the platform's event or maps a result: the worker does (worker/events.py),
 from the request's raw parts, so that the one supervisor process every call crosses does as
@@ -22,18 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from random import getrandbits
 from urllib.parse import parse_qsl
 
-from supervisor import logs, responses
+from supervisor import lambda_api, logs, responses
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
 from supervisor.host import Host
 from supervisor.http11 import Answer, Request
 from supervisor.metrics import OUTCOME_OF_ENDING, FunctionCounters, Metrics
 from supervisor.pool import Pool
+from worker import protocol
 
 _INTEGRATIONS = ("raw", "async")
 # Refusals (429) logged one by one per second; beyond that they are counted (logs.RefusalLines).
@@ -57,6 +58,29 @@ class _HttpCall(Call):
     counters: FunctionCounters
     http_request: Request | None
     pool: Pool
+
+    def render(self, outcome: Outcome) -> responses.Response:
+        """The answer to the call's outcome, as the platform's HTTP integration gives it."""
+        return responses.render(outcome, self.pool.config.max_response_bytes)
+
+    def logged(self, log: logs.Log, headers: responses.Headers) -> None:
+        """The call's log lines are written: add what the answer says of them."""
+
+
+class _InvokeCall(_HttpCall):
+    """A call made through the Lambda Invoke API, answered as Lambda answers."""
+
+    __slots__ = ("tailed",)
+    tailed: bool
+
+    def render(self, outcome: Outcome) -> responses.Response:
+        config = self.pool.config
+        return lambda_api.render(outcome, self.request_id, config.timeout_s,
+                                 config.max_response_bytes)
+
+    def logged(self, log: logs.Log, headers: responses.Headers) -> None:
+        if self.tailed:
+            headers.append(lambda_api.log_result(log.take_tail(self.request_id)))
 
 
 class FunctionApp:
@@ -96,6 +120,9 @@ class FunctionApp:
         if reserved is not None:
             request.respond(*reserved())
             return
+        if request.path.startswith(lambda_api.PATH_PREFIX):
+            self._invoke(request)
+            return
         pool = self._route(request.path)
         if pool is None:
             request.respond(*self._not_found(request.path))
@@ -111,7 +138,35 @@ class FunctionApp:
                 return
             raw = integration is not None
             background = integration == "async"
-        self._submit(pool, request, raw, background)
+        ip, port = request.client or ("", 0)
+        mode = protocol.RAW_EVENT if raw else protocol.HTTP_EVENT
+        call = _HttpCall(new_id(), [mode, request.method, request.query, request.headers, ip,
+                                    port, time.time()],
+                         request.body, time.perf_counter(), self._finish, len(request.body),
+                         background)
+        self._submit(pool, request, call)
+
+    def _invoke(self, request: Request) -> None:
+        """A call through the Lambda Invoke API (lambda_api.py)."""
+        try:
+            invocation = lambda_api.read(request)
+        except lambda_api.Refused as refused:
+            request.respond(*lambda_api.refusal(refused))
+            return
+        pool = self._function_named(invocation.function)
+        if pool is None:
+            request.respond(*lambda_api.not_found(invocation.function))
+            return
+        if invocation.kind == "DryRun":
+            request.respond(204, [], b"")
+            return
+        call = _InvokeCall(new_id(), [protocol.LAMBDA_EVENT, invocation.client_context],
+                           request.body, time.perf_counter(), self._finish, len(request.body),
+                           invocation.kind == "Event")
+        call.tailed = invocation.tail
+        if call.tailed:
+            self._log.tail(call.request_id)
+        self._submit(pool, request, call)
 
     def _function_named(self, name: str) -> Pool | None:
         """The pool of the function `name`: in single-function mode, the one function's."""
@@ -134,32 +189,27 @@ class FunctionApp:
             404, {"errorMessage": message, "errorType": "NotFound"}, function_error=False)
         return status, headers, body
 
-    def _submit(self, pool: Pool, request: Request, raw: bool, background: bool) -> None:
-        body = request.body
-        ip, port = request.client or ("", 0)
-        call = _HttpCall(new_id(), [raw, request.method, request.query, request.headers, ip, port,
-                                    time.time()],
-                         body, time.perf_counter(), self._finish, len(body), background)
+    def _submit(self, pool: Pool, request: Request, call: _HttpCall) -> None:
         call.http_request = request
         call.pool = pool
         call.counters = self._metrics.of(pool.name)
         pool.submit(call)
         if call.outcome is not None:
             return  # answered already: refused at once, or served from a spare in no time
-        if background:
+        if call.background:
             call.http_request = None
             request.respond(202, [(_REQUEST_ID, call.request_id.encode())], b"")
         elif call.dispatched_at is None:
             request.on_disconnect = functools.partial(pool.withdraw, call)
 
-    def _finish(self, call: Call, outcome: Outcome) -> None:
+    def _finish(self, call: _HttpCall, outcome: Outcome) -> None:
         """The call's outcome: count it, log it, answer it (call.on_done)."""
         try:
-            config = call.pool.config
-            status, headers, lines, body, error_message = responses.render(
-                outcome, config.max_response_bytes)
+            status, headers, lines, body, error_message = call.render(outcome)
             call.counters.call_ended(call, OUTCOME_OF_ENDING[outcome.ending])
-            self._log_end(call, status, error_message)
+            logs.call_end(self._log, call, status, error_message,
+                          call.pool.config.memory_mb, self._refusal_lines)
+            call.logged(self._log, headers)
             request = call.http_request
             if request is not None:
                 call.http_request = None
@@ -182,34 +232,6 @@ class FunctionApp:
             status, {"errorMessage": message, "errorType": error_type}, function_error=False)
         headers.append((_REQUEST_ID, request_id.encode()))
         return status, headers, body
-
-    def _log_end(self, call: Call, status: int, error_message: str | None) -> None:
-        log, rid, instance = self._log, call.request_id, call.instance_id
-        dispatched_at, finished_at = call.dispatched_at, call.finished_at
-        if dispatched_at is None or finished_at is None or instance is None:
-            if error_message is None:
-                return
-            line = logs.error_line(rid, status, error_message)  # it never reached an instance
-            if status == 429:
-                self._refusal_lines.write(rid, line)
-            else:
-                log.write(logging.INFO if status == 499 else logging.WARNING, line, None, rid)
-            return
-        if error_message is not None:
-            log.write(logging.INFO, logs.end_line(rid), instance, rid)
-            log.write(logging.ERROR, logs.error_line(rid, status, error_message), instance, rid)
-        if log.level > logging.INFO:
-            return
-        init_s = call.init_duration_s
-        duration_ms = (finished_at - dispatched_at + (init_s or 0.0)) * 1000
-        memory_mb = call.pool.config.memory_mb
-        report = logs.report_line(rid, duration_ms, memory_mb, call.peak_kb,
-                                  (dispatched_at - call.arrived_at) * 1000,
-                                  init_s * 1000 if init_s is not None else None)
-        if error_message is None:
-            log.call_ended(instance, rid, report)
-        else:
-            log.write(logging.INFO, report, instance, rid)
 
     # -- the supervisor's own paths ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ The writing itself never blocks and never fails the caller (see logsink.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import os
 import time
 from typing import Protocol
 
+from supervisor.calls import Call
 from supervisor.logsink import LogSink
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -30,6 +32,8 @@ MAX_LINE_BYTES = 64 * 1024
 # How much of a worker's pending output one drain reads before it lets the loop run again.
 MAX_DRAIN_BYTES = 1024 * 1024
 _READ_BYTES = 64 * 1024
+# How much of a call's log a tail (the Lambda API's X-Amz-Log-Type: Tail) keeps: its last 4 KB.
+TAIL_BYTES = 4096
 
 
 class Log:
@@ -47,6 +51,7 @@ class Log:
         self._flush_scheduled = False
         self._stamp_second = self._stamp_ms = -1
         self._stamp_prefix = self._stamp = ""
+        self._tails: dict[str, _Tail] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Batch writes on this loop; with None, write every record at once."""
@@ -67,6 +72,12 @@ class Log:
     def write(self, level: int, message: str, instance: int | None = None,
               request_id: str | None = None, stream: str | None = None) -> None:
         """Log one record; `stream` marks a line the function wrote to stdout or stderr."""
+        if self._tails and request_id in self._tails:
+            self._tails[request_id].add(message)
+        self._write(level, message, instance, request_id, stream)
+
+    def _write(self, level: int, message: str, instance: int | None, request_id: str | None,
+               stream: str | None = None) -> None:
         if level < self.level:
             return
         if self._json:
@@ -77,24 +88,39 @@ class Log:
 
     def call_started(self, instance: int, request_id: str, version: str) -> None:
         """A call's START line (written for every call: made with as little work as it can)."""
+        if self._tails and request_id in self._tails:
+            self._tails[request_id].add(start_line(request_id, version))
         if self.level > logging.INFO:
             return
         if self._json:
-            self.write(logging.INFO, start_line(request_id, version), instance, request_id)
+            self._write(logging.INFO, start_line(request_id, version), instance, request_id)
             return
         self._add(f"{self._timestamp()} INFO    [{instance} {request_id}] "
                   f"START RequestID: {request_id} Version: {version}\n", 1)
 
     def call_ended(self, instance: int, request_id: str, report: str) -> None:
         """A call's END line and its REPORT line `report`, formatted together."""
+        if self._tails and request_id in self._tails:
+            self._tails[request_id].add(end_line(request_id))
+            self._tails[request_id].add(report)
         if self.level > logging.INFO:
             return
         if self._json:
-            self.write(logging.INFO, end_line(request_id), instance, request_id)
-            self.write(logging.INFO, report, instance, request_id)
+            self._write(logging.INFO, end_line(request_id), instance, request_id)
+            self._write(logging.INFO, report, instance, request_id)
             return
         prefix = f"{self._timestamp()} INFO    [{instance} {request_id}] "
         self._add(f"{prefix}END RequestID: {request_id}\n{prefix}{report}\n", 2)
+
+    def tail(self, request_id: str) -> None:
+        """Keep the last TAIL_BYTES of the lines of call `request_id`, whatever the log level,
+        until take_tail()."""
+        self._tails[request_id] = _Tail()
+
+    def take_tail(self, request_id: str) -> str:
+        """The kept end of the call's log (one line per record), and stop keeping it."""
+        tail = self._tails.pop(request_id, None)
+        return tail.text() if tail is not None else ""
 
     def _add(self, text: str, lines: int) -> None:
         self._pending.append(text)
@@ -162,6 +188,24 @@ class Log:
         if stream is not None:
             record["stream"] = stream
         return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+class _Tail:
+    """The last lines of one call's log, within TAIL_BYTES or a little more."""
+
+    def __init__(self) -> None:
+        self._lines: collections.deque[str] = collections.deque()
+        self._size = 0
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line) + 1
+        while self._size - len(self._lines[0]) - 1 >= TAIL_BYTES:
+            self._size -= len(self._lines.popleft()) + 1
+
+    def text(self) -> str:
+        encoded = "".join(line + "\n" for line in self._lines).encode("utf-8", "replace")
+        return encoded[-TAIL_BYTES:].decode("utf-8", "ignore")
 
 
 class RefusalLines:
@@ -308,6 +352,37 @@ class OutputCapture:
         self._dropped_bytes = 0
         self._log.write(logging.INFO, text, self._source.id, self._source.request_id,
                         self._stream)
+
+
+def call_end(log: Log, call: Call, status: int, error_message: str | None, memory_mb: int,
+             refusal_lines: RefusalLines | None) -> None:
+    """A call's last lines: END, ERROR (when `error_message`) and REPORT; a call that never
+    reached an instance gets its ERROR line alone (a refusal through `refusal_lines`)."""
+    rid, instance = call.request_id, call.instance_id
+    dispatched_at, finished_at = call.dispatched_at, call.finished_at
+    if dispatched_at is None or finished_at is None or instance is None:
+        if error_message is None:
+            return
+        line = error_line(rid, status, error_message)
+        if status == 429 and refusal_lines is not None:
+            refusal_lines.write(rid, line)
+        else:
+            log.write(logging.INFO if status == 499 else logging.WARNING, line, None, rid)
+        return
+    if error_message is not None:
+        log.write(logging.INFO, end_line(rid), instance, rid)
+        log.write(logging.ERROR, error_line(rid, status, error_message), instance, rid)
+    if log.level > logging.INFO:
+        return
+    init_s = call.init_duration_s
+    duration_ms = (finished_at - dispatched_at + (init_s or 0.0)) * 1000
+    report = report_line(rid, duration_ms, memory_mb, call.peak_kb,
+                         (dispatched_at - call.arrived_at) * 1000,
+                         init_s * 1000 if init_s is not None else None)
+    if error_message is None:
+        log.call_ended(instance, rid, report)
+    else:
+        log.write(logging.INFO, report, instance, rid)
 
 
 def start_line(request_id: str, version: str) -> str:

@@ -76,16 +76,24 @@ def _serve(
         stamp.request_id = request_id
         if memory is not None:
             memory.reset()
-        raw = request[0]
-        event = events.build_raw_event(body) if raw else _http_event(request, body, request_id)
-        ok, value = handler(event, context.Context(static, request_id, deadline_ms))
+        mode = request[0]
+        ctx = context.Context(static, request_id, deadline_ms)
+        if mode == protocol.HTTP_EVENT:
+            event = _http_event(request, body, request_id)
+        elif mode == protocol.RAW_EVENT:
+            event = events.build_raw_event(body)
+        else:
+            event = events.build_lambda_event(body)
+            if request[1] is not None:
+                ctx.client_context = context.ClientContext(request[1])
+        ok, value = handler(event, ctx)
         _flush_output()
         if os.getpid() != runtime_pid:
             # A child the handler forked has returned into the runtime: only the runtime's own
             # process may answer or take the next call, so the child ends here.
             os._exit(0)
         peak_kb = memory.peak_kb() if memory is not None else 0
-        reply = _reply(ok, value, raw, [call_id, peak_kb, _unread_output()], max_response_bytes)
+        reply = _reply(ok, value, mode, [call_id, peak_kb, _unread_output()], max_response_bytes)
         channel.send_parts(reply)
 
 
@@ -115,7 +123,7 @@ class _Handler:
         return True, result
 
 
-def _reply(ok: bool, value: Any, raw: bool, common: list[Any], max_bytes: int) -> list[bytes]:
+def _reply(ok: bool, value: Any, mode: int, common: list[Any], max_bytes: int) -> list[bytes]:
     """The reply frame's buffers: the mapped response, or why there is none.
 
     `common` is [call_id, peak_kb, output]. A response over max_bytes is answered as
@@ -125,12 +133,18 @@ def _reply(ok: bool, value: Any, raw: bool, common: list[Any], max_bytes: int) -
     if not ok:
         return [protocol.pack([protocol.FAILURE, *common, value])]
     try:
-        if raw:
+        if mode == protocol.RAW_EVENT:
             status, lines, body = 200, b"", events.map_raw_response(value)
+        elif mode == protocol.LAMBDA_EVENT:
+            status, lines, body = 200, b"", events.map_lambda_response(value)
         else:
             status, lines, body = events.map_http_response_lines(value)
             _check_extra_fields(value)
     except events.MalformedResponse as exc:
+        if mode == protocol.LAMBDA_EVENT:  # as Lambda's runtime reports it
+            error = protocol.error(f"Unable to marshal response: {exc}", "Runtime.MarshalError",
+                                   None)
+            return [protocol.pack([protocol.FAILURE, *common, error])]
         parts = [_malformed(common, value, str(exc))]
     else:
         if len(lines) > protocol.MAX_RESPONSE_HEAD_BYTES:

@@ -402,6 +402,21 @@ def map_raw_response(result: object) -> bytes:
         raise MalformedResponse(f"the result is not JSON-serializable: {exc}") from None
 
 
+def build_lambda_event(body: bytes) -> object:
+    """The Lambda Invoke API's event: the body as JSON (the supervisor has checked it parses),
+    an empty body standing for an empty object."""
+    return json.loads(body) if body.strip() else {}
+
+
+def map_lambda_response(result: object) -> bytes:
+    """The Lambda Invoke API's response body: the result as JSON (None as `null`); raises
+    MalformedResponse when it cannot be JSON-encoded."""
+    try:
+        return json.dumps(result).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MalformedResponse(f"{exc}") from None
+
+
 def malformed_error(reason: str, result: object) -> dict:
     """The platform's error body for a result that MalformedResponse rejected."""
     try:

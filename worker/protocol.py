@@ -21,14 +21,20 @@ supervisor -> worker
                                                   before its code is imported; sandbox: how
                                                   the worker seals itself (worker/sandbox.py)
     [CALL, call_id, request_id, deadline_ms, request, body]
-        request: [raw, method, query, headers, client_ip, client_port, request_time]
-            raw          bool: ?integration=raw (or async): the event is the body as text, and
-                         the result is the body of a 200
+        request: [HTTP_EVENT | RAW_EVENT, method, query, headers, client_ip, client_port,
+                  request_time]
+            HTTP_EVENT   the event is the platform's HTTP event, the result an HTTP response
+            RAW_EVENT    ?integration=raw (or async): the event is the body as text, and the
+                         result is the body of a 200
             method       str
             query        bytes: the raw query string, without "?"
             headers      [[name, value], ...]: bytes as received, names lower-case, in order
             client_ip    str ("" when unknown), client_port int (0 when unknown)
             request_time float: when the request arrived, epoch seconds
+        request: [LAMBDA_EVENT, client_context]
+            LAMBDA_EVENT the Lambda Invoke API: the event is the body as JSON, the result is
+                         sent as JSON
+            client_context  the caller's client context (a JSON object), or None
         body: bytes
 worker -> supervisor
     [READY, VERSION, init_ms]                     the entry point imported and resolved
@@ -65,6 +71,10 @@ INIT_ERROR = 11
 RESPONSE = 12
 FAILURE = 13
 MALFORMED = 14
+
+HTTP_EVENT = 0
+RAW_EVENT = 1
+LAMBDA_EVENT = 2
 
 OUTPUT_STDOUT = 1
 OUTPUT_STDERR = 2
