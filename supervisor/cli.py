@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[:1] == ["reload"]:
             sys.exit(_reload(argv[1:]))
+        if argv[:1] == ["invoke"]:
+            from supervisor import invoke  # it builds on this module
+
+            sys.exit(invoke.main(argv[1:]))
         config_file = _config_file(argv)
         if config_file is not None:
             host = configfile.load(config_file, _without_config_options(argv))

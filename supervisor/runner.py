@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from supervisor import configfile, guard, limits, logs, reloader, sandbox
 from supervisor.config import Config, FunctionSettings
@@ -53,7 +53,7 @@ def _run(server: Config, functions: list[FunctionSettings], single: str | None,
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve(server, functions, single, host_config, chosen))
 
 
@@ -69,12 +69,43 @@ async def _serve(config: Config, functions: list[FunctionSettings], single: str 
         log.error(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
         log.close(LOG_DRAIN_TIMEOUT_S)
         return 1
+    budgets = (host_config.max_instances, host_config.max_memory_mb) if host_config else ()
+    try:
+        async with running_host(config, functions, chosen, log, budgets) as (host, memory):
+            metrics = Metrics(host, log, single)
+            server = HttpServer(FunctionApp(host, metrics, config, log, single),
+                                _http_limits(config), asyncio.get_running_loop())
+            metrics.watch_http(server.stats, lambda: server.connection_count)
+            _announce(log, listener, host, memory, chosen)
+            host.start()
+            reload = _reloader(host_config, host, memory, chosen, log)
+            with _operator_signals(reload, host, log), _reloading(config, host, single, log), \
+                    _pid_file(host_config):
+                await server.start(listener)
+                await _serve_until_stopped(server, host, config.graceful_timeout_s, log)
+    except MemoryEnforcementUnavailable:
+        return 1
+    finally:
+        log.close(LOG_DRAIN_TIMEOUT_S)
+    return 0
+
+
+class MemoryEnforcementUnavailable(Exception):
+    """--memory-enforcement asked for what this machine cannot do (logged already)."""
+
+
+@contextlib.asynccontextmanager
+async def running_host(config: Config, functions: list[FunctionSettings],
+                       chosen: sandbox.Sandbox, log: logs.Log, budgets: tuple[int, int] | tuple[()]
+                       ) -> AsyncIterator[tuple[Host, limits.MemoryEnforcement]]:
+    """A Host with a pool per function (not started yet), and how memory is enforced; on the
+    way out every worker is stopped and every cgroup removed. Raises
+    MemoryEnforcementUnavailable."""
     try:
         memory = limits.choose_enforcement(config.memory_enforcement)
     except OSError as exc:
         log.error(f"--memory-enforcement {config.memory_enforcement}: {exc}")
-        log.close(LOG_DRAIN_TIMEOUT_S)
-        return 1
+        raise MemoryEnforcementUnavailable from exc
     if not limits.become_subreaper():
         log.warning("cannot become a child subreaper: a daemon a function detaches may outlive "
                     "its instance")
@@ -83,31 +114,18 @@ async def _serve(config: Config, functions: list[FunctionSettings], single: str 
     if directories := memory.cgroup_directories():
         guard_pid, guard_pipe = guard.start(directories)
         helpers = frozenset({guard_pid})
-    budgets = (host_config.max_instances, host_config.max_memory_mb) if host_config else ()
     host = Host(memory, helpers, *budgets)
     for settings in functions:
         host.add(Pool(settings, memory, chosen, log, host))
-    metrics = Metrics(host, log, single)
-    server = HttpServer(FunctionApp(host, metrics, config, log, single), _http_limits(config),
-                        asyncio.get_running_loop())
-    metrics.watch_http(server.stats, lambda: server.connection_count)
-    _announce(log, listener, host, memory, chosen)
-    host.start()
-    reload = _reloader(host_config, host, memory, chosen, log)
-    with _operator_signals(reload, host, log), _reloading(config, host, single, log), \
-            _pid_file(host_config):
-        try:
-            await server.start(listener)
-            await _serve_until_stopped(server, host, config.graceful_timeout_s, log)
-        finally:
-            await host.stop(REAP_TIMEOUT_S)
-            memory.close()
-            chosen.close()
-            if guard_pipe >= 0:
-                os.close(guard_pipe)  # the guard finds nothing left to kill, and exits
-            log.info("stopped")
-            log.close(LOG_DRAIN_TIMEOUT_S)
-    return 0
+    try:
+        yield host, memory
+    finally:
+        await host.stop(REAP_TIMEOUT_S)
+        memory.close()
+        chosen.close()
+        if guard_pipe >= 0:
+            os.close(guard_pipe)  # the guard finds nothing left to kill, and exits
+        log.info("stopped")
 
 
 def _announce(log: logs.Log, listener: socket.socket, host: Host,
@@ -273,7 +291,7 @@ def _route_library_logs(log: logs.Log, level: str) -> None:
         library_log.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
     except ImportError:

@@ -1,13 +1,16 @@
-"""End to end: the development loop. --reload picks up saved code with no failed call."""
+"""End to end: the development loop. --reload picks up saved code with no failed call;
+`sfsupervisor invoke` runs one call through a real worker and prints its result."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from e2e_helpers import Launch, Supervisor, ok_json
+from e2e_helpers import FUNCTIONS_DIR, PYTHON_M_SUPERVISOR, Launch, Supervisor, ok_json
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,3 +87,63 @@ def test_a_broken_save_shows_its_error_and_a_fix_recovers(
     supervisor.wait_until(lambda: supervisor.request("GET", "/").status_code == 200,
                           "the fixed code serving")
     assert version(supervisor) == "fixed"
+
+
+# -- sfsupervisor invoke ------------------------------------------------------------------------
+
+
+def invoke(*arguments: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PYTHON_M_SUPERVISOR, "invoke", "lambda_style.handler",
+                           "--dir", str(FUNCTIONS_DIR), *arguments], input=stdin,
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_invoke_prints_the_result_and_logs_the_call_to_stderr() -> None:
+    done = invoke("--data", '{"action": "echo", "n": [1, 2]}')
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["event"] == {"action": "echo", "n": [1, 2]}
+    assert "START RequestID:" in done.stderr and "REPORT RequestID:" in done.stderr
+
+
+def test_invoke_reads_the_event_from_a_file_or_stdin(tmp_path: Path) -> None:
+    event_file = tmp_path / "event.json"
+    event_file.write_text('{"action": "echo", "from": "file"}')
+    from_file = invoke("--file", str(event_file))
+    assert json.loads(from_file.stdout)["event"]["from"] == "file"
+    from_stdin = invoke("--file", "-", stdin='{"action": "echo", "from": "stdin"}')
+    assert json.loads(from_stdin.stdout)["event"]["from"] == "stdin"
+    assert json.loads(invoke().stdout)["event"] == {}
+
+
+def test_invoke_raw_prints_a_string_result_as_text() -> None:
+    done = invoke("--data", '{"action": "print"}', "--raw")
+    assert done.stdout == "printed\n"
+    assert "line 0" in done.stderr
+
+
+@pytest.mark.parametrize(("event", "options", "error_type"), [
+    ({"action": "raise"}, (), "ValueError"),
+    ({"action": "sleep", "seconds": 3}, ("--timeout", "1"), "Sandbox.Timedout"),
+    ({"action": "exit"}, (), "Runtime.ExitError"),
+])
+def test_invoke_exits_1_with_the_error_when_the_call_fails(
+    event: dict, options: tuple[str, ...], error_type: str
+) -> None:
+    done = invoke("--data", json.dumps(event), *options)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["errorType"] == error_type
+
+
+def test_invoke_of_code_that_does_not_import_exits_1() -> None:
+    done = subprocess.run([*PYTHON_M_SUPERVISOR, "invoke", "import_missing.handler", "--dir",
+                           str(FUNCTIONS_DIR)], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["errorType"] == "ModuleNotFoundError"
+
+
+def test_invoke_with_an_event_that_is_not_json_exits_2_saying_so() -> None:
+    done = invoke("--data", "{nope")
+    assert done.returncode == 2
+    assert done.stderr.startswith("sfsupervisor invoke: error: --data: the event is not JSON")
+    assert done.stdout == ""
