@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +207,29 @@ def test_ns_tmp_is_capped(sandboxed: Supervisor) -> None:
         pytest.skip("the uid tier's TMPDIR is a directory: only ns gives /tmp a size")
     filled = attempt(sandboxed, "fill_tmp", mb=4 * TMP_MB)["result"]
     assert filled["error"] == "ENOSPC" and filled["mb"] <= TMP_MB, filled
+
+
+def test_ns_serves_a_code_root_under_tmp_read_only_beside_a_private_tmp(
+    launch_supervisor: Launch,
+) -> None:
+    """A checkout under /tmp (CI's clone): the instance's own /tmp must not hide it."""
+    require_tier("ns")
+    code_root = Path(tempfile.mkdtemp(prefix="sfsupervisor-code-", dir="/tmp"))
+    try:
+        code_root.chmod(0o755)
+        shutil.copy(FUNCTIONS_DIR / "escape.py", code_root / "escape.py")
+        host_file = Path("/tmp") / f"{code_root.name}.host"
+        host_file.write_text("the host's")
+        supervisor = launch_supervisor("escape.handler", "--sandbox", "ns", "--instances", "1",
+                                       "--spares", "0", code_root=code_root)
+        assert attempt(supervisor, "sleep")["result"] == "slept"
+        assert_denied(attempt(supervisor, "write_code_root")["result"])
+        assert attempt(supervisor, "read", path=str(host_file))["result"] == "ENOENT"
+        written = attempt(supervisor, "write_tmp", name="own.txt")["result"]
+        assert written.startswith("/tmp/") and not Path(written).exists()
+    finally:
+        shutil.rmtree(code_root)
+        Path("/tmp", f"{code_root.name}.host").unlink(missing_ok=True)
 
 
 # -- choosing a tier ---------------------------------------------------------------------------
