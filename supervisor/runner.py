@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
 import os
@@ -31,6 +32,9 @@ CLOSE_TIMEOUT_S = 1.0
 FORCED_CLOSE_TIMEOUT_S = 0.2
 # While stopping, how often to look whether the calls have all been answered.
 DRAIN_POLL_S = 0.01
+# glibc's mallopt() parameter, and the (default) size from which a block gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def run(config: Config) -> int:
@@ -53,8 +57,25 @@ def _run(server: Config, functions: list[FunctionSettings], single: str | None,
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2
+    _fix_mmap_threshold()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve(server, functions, single, host_config, chosen))
+
+
+def _fix_mmap_threshold() -> None:
+    """Keep request and response bodies out of the heap.
+
+    glibc raises its mmap threshold to the size of the largest mapped block freed so far (up
+    to 32 MB). After the first multi-megabyte body, such bodies are carved from the heap
+    instead, and the holes they leave kept the supervisor's RSS growing for minutes under
+    mixed traffic (+29 % over a 10-minute soak; +4 % with the threshold fixed). A fixed
+    threshold turns the adjustment off: a large block is mapped, and unmapped once freed.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return  # not glibc: its allocator has no such threshold to fix
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 async def _serve(config: Config, functions: list[FunctionSettings], single: str | None,
