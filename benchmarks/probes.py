@@ -31,8 +31,8 @@ def coldstart(server: Server, importers: int, says_ready: bool) -> dict[str, Any
     `says_ready`: the server logs `all N instances ready in X ms` (sfsupervisor), read too.
     """
     first_s = server.wait_ready()
-    stamps = sorted(float(m) for m in _wait_for(server, IMPORT_MARK, importers))
-    own = _wait_for(server, ALL_READY, 1) if says_ready else []
+    stamps = sorted(float(m) for m in wait_for(server, IMPORT_MARK, importers))
+    own = wait_for(server, ALL_READY, 1) if says_ready else []
     return {
         "first_response_ms": first_s * 1000,
         "all_imported_ms": (stamps[importers - 1] - server.started_at) * 1000,
@@ -41,8 +41,9 @@ def coldstart(server: Server, importers: int, says_ready: bool) -> dict[str, Any
     }
 
 
-def _wait_for(server: Server, pattern: re.Pattern[bytes], count: int) -> list[bytes]:
-    """The first group of each match of `pattern` in the log, once there are `count`."""
+def wait_for(server: Server, pattern: re.Pattern[bytes], count: int) -> list[bytes]:
+    """The first group of each match of `pattern` in the server's log, once there are `count`
+    (polled until MARK_DEADLINE_S)."""
     give_up = time.monotonic() + MARK_DEADLINE_S
     while time.monotonic() < give_up:
         found = pattern.findall(server.log_path.read_bytes())

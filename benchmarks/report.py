@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import soak
+from benchmarks import hosting, sandbox_tiers, soak
 from benchmarks.scenarios import LOAD_SCENARIOS
 
 TARGET_CONNECTIONS = 32
@@ -18,12 +18,16 @@ def render(results: dict[str, Any]) -> str:
               if any(run["scenario"] == name for run in results["runs"])]
     if results["coldstart"]:
         parts.append(_coldstart_table(results["coldstart"]))
+    if results.get("coldstart_tiers"):
+        parts.append(_tiers_table(results["coldstart_tiers"]))
     if results["recovery"]:
         parts.append(_recovery_table(results["recovery"]))
     if results["memory"].get("servers"):
         parts.append(_memory_table(results["memory"]))
     parts += [_overload_table(row) for row in results["overload"]]
     parts += [_soak_report(row) for row in results.get("soak", [])]
+    if results.get("hosting"):
+        parts.append(_hosting_report(results["hosting"]))
     parts.append(_targets_table(results["targets"]))
     parts += [_failures(results["failures"]), _log_findings(results["logs"])]
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -112,6 +116,50 @@ def _coldstart_table(rows: list[dict[str, Any]]) -> str:
             "(import ≈ 300 ms CPU; medians)\n" + _table(
                 ["server", "first 200 ms", "all imported ms", "importers",
                  "own 'all ready' ms", "starts"], body))
+
+
+def _tiers_table(rows: list[dict[str, Any]]) -> str:
+    """Per tier and start size: first 200, all ready, per instance, and + per instance vs none."""
+    available = [row for row in rows if row["available"]]
+    sizes = sandbox_tiers.SIZES
+    body = [[row["label"], *(cell for size in sizes
+                             for cell in _tier_cells(row["sizes"].get(str(size)), size))]
+            for row in available]
+    starts = sorted({figures["starts"] for row in available for figures in row["sizes"].values()})
+    text = ("coldstart per sandbox tier: hello (imports nothing), --spares 0, started with "
+            f"{' and with '.join(map(str, sizes))} instances at once; ms, medians of "
+            f"{'/'.join(map(str, starts))} start(s), the tiers taking turns (first 200: from the "
+            "command's start; ready: the supervisor's own `all N instances ready`, from its "
+            "pool's start, and its range over the starts; vs none: the difference per "
+            "instance)\n")
+    headings = ["server", *(heading for size in sizes for heading in _tier_headings(size))]
+    text += _table(headings, body) if body else "no tier started"
+    for row in rows:
+        if not row["available"]:
+            text += f"\nunavailable here: {row['reason']}"
+    return text
+
+
+def _tier_headings(size: int) -> list[str]:
+    if size == 1:
+        return ["x1 first 200", "x1 ready", "(range)", "x1 vs none"]
+    return [f"x{size} first 200", f"x{size} all ready", "(range)", f"x{size} per instance",
+            f"x{size} vs none"]
+
+
+def _tier_cells(figures: dict[str, Any] | None, size: int) -> list[str]:
+    if figures is None:
+        return ["-"] * len(_tier_headings(size))
+    low, high = figures["all_ready_range_ms"]
+    cells = [_ms(figures["first_response_ms"]), _ms(figures["all_ready_ms"]),
+             f"{_ms(low)}-{_ms(high)}"]
+    if size > 1:
+        cells.append(_ms(figures["per_instance_ms"]))
+    return [*cells, _signed_ms(figures["per_instance_delta_ms"])]
+
+
+def _signed_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
 
 
 def _recovery_table(rows: list[dict[str, Any]]) -> str:
@@ -264,6 +312,74 @@ def _soak_counts(row: dict[str, Any]) -> str:
             f"instance restarts {restarts or 'none'}")
 
 
+def _hosting_report(rows: list[dict[str, Any]]) -> str:
+    """The layouts side by side: one summary row each, then per function."""
+    first = rows[0]
+    title = (f"hosting: {first['functions']} functions on one sfsupervisor --config "
+             f"(functions/hosted.py: ~5 ms of CPU to import, 5 ms per call), "
+             f"{first['memory_mb']} MB each, idle_timeout {first['idle_timeout_s']:g} s; calls "
+             f"from {first['connections']} keep-alive connections, closed loop, to function k "
+             f"with Zipf probability (s = {first['zipf_s']:g}), {first['duration_s']:g} s after "
+             f"{first['warmup_s']:g} s of warm-up. The fixed pools are always warm; their "
+             "budget is raised, as they do not fit in the elastic layout's\n"
+             "calls/s: until the last answer; starts: instances started (from /metrics), and "
+             "per 1,000 calls; ended: instances retired or lost, by reason; RSS: the "
+             "supervisor's whole process tree, summed")
+    summary = [[row["label"], row["sandbox"], f"{row['calls']:,}", f"{row['calls_per_s']:,.0f}",
+                _hosting_errors(row), f"{row['instance_starts']:,}",
+                _per_1000(row["starts_per_1000"]), _reasons(row["instances_ended"]),
+                _ms(row["latency_ms"].get("p50")), _ms(row["latency_ms"].get("p99")),
+                _mean_max(row["instances"]), _mean_max(row["tree_rss_mb"])]
+               for row in rows]
+    return "\n".join([title, _table(
+        ["layout", "sandbox", "calls", "calls/s", "errors", "starts", "per 1k calls", "ended",
+         "p50 ms", "p99 ms", "instances mean/max", "RSS MB mean/max"], summary),
+        _hosting_functions(rows)])
+
+
+def _hosting_errors(row: dict[str, Any]) -> str:
+    errors = {status: count for status, count in row["statuses"].items()
+              if status != str(hosting.OK)}
+    if row["wrong_answers"]:
+        errors["wrong function"] = row["wrong_answers"]
+    if not errors:
+        return "0"
+    return "! " + ", ".join(f"{_status_name(status)}: {count:,}"
+                            for status, count in errors.items())
+
+
+def _per_1000(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in counts.items()) or "none"
+
+
+def _mean_max(figures: dict[str, float | None]) -> str:
+    if figures["mean"] is None:
+        return "-"
+    return f"{figures['mean']:g} / {figures['max']:g}"
+
+
+def _hosting_functions(rows: list[dict[str, Any]]) -> str:
+    """Per function, by Zipf rank: its share, and each layout's calls, starts and latency."""
+    by_name = [{function["name"]: function for function in row["per_function"]} for row in rows]
+    headings = ["function", "share"]
+    for row in rows:
+        headings += [f"{row['layout']} calls", "starts/1k", "p50 ms", "p99 ms"]
+    body = []
+    for name in hosting.NAMES:
+        cells = [name, f"{by_name[0][name]['share_pct']:.1f} %"]
+        for functions in by_name:
+            function = functions[name]
+            cells += [f"{function['calls']:,}" + (" !" if function["errors"] else ""),
+                      _per_1000(function["starts_per_1000"]), _ms(function.get("p50")),
+                      _ms(function.get("p99"))]
+        body.append(cells)
+    return "per function (! : some calls not answered 200)\n" + _table(headings, body)
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, judged on this run's figures (met: None when not measured)."""
     hello = {run["server"]: run for run in results["runs"]
@@ -280,6 +396,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _throughput_target("≥ 0.6x uvicorn in-process", ours, hello.get("uvicorn"), 0.6),
         _recovery_target(results["recovery"]),
         _memory_target(results["memory"]),
+        _tier_target("ns sandbox: instance start ≤ none's + 5 ms (median)", results, "ns", 5.0),
+        _tier_target("uid sandbox: instance start ≤ none's + 2 ms (median)", results, "uid",
+                     2.0),
     ]
 
 
@@ -328,6 +447,25 @@ def _memory_target(memory: dict[str, Any]) -> dict[str, Any]:
     return {"target": text, "met": extra <= 8.0, "extra_mb": extra,
             "measured": f"{ours['worker_rss_mb']:.1f} MB vs {memory['bare']['rss_mb']:.1f} MB "
                         f"bare: +{extra:.1f} MB"}
+
+
+def _tier_target(text: str, results: dict[str, Any], tier: str,
+                 limit_ms: float) -> dict[str, Any]:
+    """Judged on one instance's start; the per-instance cost of 8 at once is shown too."""
+    row = next((row for row in results.get("coldstart_tiers", []) if row["tier"] == tier), None)
+    if row is None or not row["available"]:
+        reason = f"unavailable here: {row['reason']}" if row else "not measured"
+        return {"target": text, "measured": reason, "met": None}
+    one = row["sizes"].get("1")
+    if one is None or one["per_instance_delta_ms"] is None:
+        return {"target": text, "measured": "not measured (see failures)", "met": None}
+    value, ready_ms = one["per_instance_delta_ms"], one["all_ready_ms"]
+    measured = f"{value:+.1f} ms ({ready_ms:.0f} ms vs none's {ready_ms - value:.0f} ms)"
+    many = [(size, figures) for size, figures in row["sizes"].items() if size != "1"
+            and figures["per_instance_delta_ms"] is not None]
+    measured += "".join(f"; {figures['per_instance_delta_ms']:+.1f} ms each of {size} at once"
+                        for size, figures in many)
+    return {"target": text, "met": value <= limit_ms, "delta_ms": value, "measured": measured}
 
 
 def _targets_table(rows: list[dict[str, Any]]) -> str:

@@ -56,5 +56,6 @@ MEMORY_ENTRY = "hello.handler"
 OTHER_SCENARIOS = ("coldstart", "recovery", "memory", "overload")
 # What runs when no scenario is named.
 SCENARIO_NAMES = (*LOAD_SCENARIOS, *OTHER_SCENARIOS)
-# Run only when named: `soak` takes 10 minutes and is no part of CI's smoke run.
-EXPLICIT_SCENARIOS = ("soak",)
+# Run only when named, and no part of CI's smoke run: `soak` takes 10 minutes, `hosting` is a
+# mode of sfsupervisor's alone (many functions on one server) and takes over a minute.
+EXPLICIT_SCENARIOS = ("soak", "hosting")

@@ -229,10 +229,31 @@ def _kill_group(pid: int) -> None:
 
 
 def _kill_survivors(processes: list[psutil.Process]) -> None:
-    _, alive = psutil.wait_procs(processes, timeout=REAP_DEADLINE_S)
+    alive = _wait_gone(processes, REAP_DEADLINE_S)
     for process in alive:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=REAP_DEADLINE_S)
+    _wait_gone(alive, REAP_DEADLINE_S)
+
+
+def _wait_gone(processes: list[psutil.Process], deadline_s: float) -> list[psutil.Process]:
+    """Poll until none of `processes` runs; those still running at the deadline.
+
+    One that has exited counts as gone, though it stays a zombie until its new parent reaps it:
+    a server's orphans go to init, which may take a second or two (psutil.wait_procs would wait
+    for that too).
+    """
+    give_up = time.monotonic() + deadline_s
+    while (running := [process for process in processes if _runs(process)]) \
+            and time.monotonic() < give_up:
+        time.sleep(POLL_INTERVAL_S)
+    return running
+
+
+def _runs(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -260,9 +260,9 @@ class Tally:
                                     "statuses": {str(s): n for s, n in sorted(counts.items())},
                                     "error_types": dict(self.error_types.get(name, {}))}
                              for name, counts in sorted(self.by_behaviour.items())},
-            "latency_ms": {str(status): _latency(times)
+            "latency_ms": {str(status): latency(times)
                            for status, times in sorted(self.latency_ms.items())},
-            "launch_lag_ms": _latency(self.launch_lag_ms),
+            "launch_lag_ms": latency(self.launch_lag_ms),
             "lost": {"count": self.lost_count, "samples": self.lost},
             "unexpected": {"count": self.unexpected_count, "samples": self.unexpected},
         }
@@ -280,7 +280,8 @@ def _error_type(body: bytes) -> str:
         return "not JSON"
 
 
-def _latency(times_ms: list[float]) -> dict[str, float]:
+def latency(times_ms: list[float]) -> dict[str, float]:
+    """p50, p99 and max of `times_ms` (empty when there are none)."""
     if not times_ms:
         return {}
     p99 = (statistics.quantiles(times_ms, n=100, method="inclusive")[98]

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import client, cpu, loadgen, overload, probes, soak
+from benchmarks import client, cpu, hosting, loadgen, overload, probes, sandbox_tiers, soak
 from benchmarks.progress import Progress
 from benchmarks.scenarios import (
     COLDSTART_ENTRY,
@@ -34,6 +36,8 @@ MEMORY_PEERS = COLDSTART_PEERS
 # The other servers have no admission control: under overload they queue without bound.
 OVERLOAD_PEERS = ("sfsupervisor",)
 SOAK_PEERS = OVERLOAD_PEERS
+HOSTING_PEERS = OVERLOAD_PEERS  # many functions on one server: sfsupervisor's --config
+TIER_PEER = "sfsupervisor"
 SETTLE_PROBES = 3
 SETTLE_TIMEOUT_S = 60.0
 SETTLE_PAUSE_S = 0.05
@@ -57,6 +61,9 @@ class Settings:
     overload_s: float
     soak_s: float
     soak_warmup_s: float
+    tier_repeats: int
+    hosting_s: float
+    hosting_warmup_s: float
     quick: bool
 
 
@@ -66,8 +73,8 @@ class Suite:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.results: dict[str, Any] = {
-            "runs": [], "coldstart": [], "recovery": [], "memory": {}, "overload": [],
-            "soak": [], "failures": [], "logs": [],
+            "runs": [], "coldstart": [], "coldstart_tiers": [], "recovery": [], "memory": {},
+            "overload": [], "soak": [], "hosting": [], "failures": [], "logs": [],
         }
         self._work = Path(tempfile.mkdtemp(prefix="sfs-bench-"))
         self._progress = Progress(self._count_steps())
@@ -109,6 +116,7 @@ class Suite:
                           * self.settings.rounds)
             elif name == "coldstart":
                 steps += len(self._peers(COLDSTART_PEERS)) * self.settings.coldstart_repeats
+                steps += len(self._tier_starts())
             elif name == "recovery":
                 steps += len(self._recovery_targets())
             elif name == "memory":
@@ -117,7 +125,17 @@ class Suite:
                 steps += len(self._peers(OVERLOAD_PEERS))
             elif name == "soak":
                 steps += len(self._peers(SOAK_PEERS))
+            elif name == "hosting":
+                steps += len(self._peers(HOSTING_PEERS)) * len(hosting.LAYOUTS)
         return steps
+
+    def _tier_starts(self) -> list[tuple[int, int, str]]:
+        """(repeat, instances, tier) of each sfsupervisor start of `coldstart` per sandbox
+        tier, in order: the tiers take turns."""
+        if TIER_PEER not in self.settings.servers:
+            return []
+        return list(itertools.product(range(1, self.settings.tier_repeats + 1),
+                                      sandbox_tiers.SIZES, sandbox_tiers.TIERS))
 
     def _peers(self, keys: tuple[str, ...]) -> list[Peer]:
         return [PEERS[key] for key in keys if key in self.settings.servers]
@@ -127,14 +145,20 @@ class Suite:
     def _workers(self, peer: Peer) -> int:
         return self.settings.instances if peer.pooled else 1
 
-    @contextlib.contextmanager
     def _server(self, scenario: str, peer: Peer, entry: str, workers: int | None = None,
-                extra: tuple[str, ...] = ()) -> Iterator[Server]:
-        """A started server that is stopped (and its log scanned) on the way out."""
+                extra: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[Server]:
+        """The peer serving `entry`, started, and stopped (its log scanned) on the way out."""
         workers = self._workers(peer) if workers is None else workers
+        return self._started(scenario, peer, entry,
+                             lambda port: peer.command(entry, port, workers, extra))
+
+    @contextlib.contextmanager
+    def _started(self, scenario: str, peer: Peer, entry: str,
+                 command: Callable[[int], list[str]]) -> Iterator[Server]:
+        """`command(port)` started, and stopped (its log scanned) on the way out."""
         port = free_port()
         log_path = self._work / f"{scenario}-{peer.key}-{port}.log"
-        server = Server(peer.command(entry, port, workers, extra), port, log_path, entry)
+        server = Server(command(port), port, log_path, entry)
         server.start()
         try:
             yield server
@@ -245,6 +269,10 @@ class Suite:
     # -- other scenarios -------------------------------------------------------------------
 
     def _coldstart(self) -> None:
+        self._coldstart_peers()
+        self._coldstart_tiers()
+
+    def _coldstart_peers(self) -> None:
         for peer in self._peers(COLDSTART_PEERS):
             title = peer.title(self._workers(peer))
             samples = []
@@ -262,6 +290,31 @@ class Suite:
                 self.results["coldstart"].append(
                     {"server": peer.key, "label": title, **_medians(samples),
                      "repeats": len(samples)})
+
+    def _coldstart_tiers(self) -> None:
+        """sfsupervisor per sandbox tier (sandbox_tiers.py); a tier that is unavailable or
+        failed is not started again."""
+        peer = PEERS[TIER_PEER]
+        samples: sandbox_tiers.Samples = {}
+        unavailable: dict[str, str] = {}
+        failed: set[str] = set()
+        for repeat, size, tier in self._tier_starts():
+            title = sandbox_tiers.label(tier)
+            self._progress.begin(f"coldstart · {title} x{size} · start {repeat}")
+            if tier in unavailable or tier in failed:
+                continue
+            try:
+                with self._server("coldstart", peer, sandbox_tiers.ENTRY, size,
+                                  sandbox_tiers.options(tier)) as server:
+                    samples.setdefault((tier, size), []).append(
+                        sandbox_tiers.measure(server, tier))
+            except _FAILURES as exc:
+                if reason := sandbox_tiers.unavailable(exc):
+                    unavailable[tier] = reason
+                else:
+                    failed.add(tier)
+                    self._fail("coldstart", peer, f"{title} x{size}", exc)
+        self.results["coldstart_tiers"] = sandbox_tiers.rows(samples, unavailable)
 
     def _recovery(self) -> None:
         for peer, suffix, extra in self._recovery_targets():
@@ -327,9 +380,31 @@ class Suite:
             if failed := soak.problems(record["verdicts"]):
                 self._fail("soak", peer, title, SoakFailed("; ".join(failed)))
 
+    def _hosting(self) -> None:
+        for peer in self._peers(HOSTING_PEERS):
+            for layout in hosting.LAYOUTS:
+                self._progress.begin(f"hosting · {layout.label}")
+                config = hosting.write_config(layout, self._work)
+                try:
+                    with self._started("hosting", peer, hosting.ENTRY,
+                                       functools.partial(hosting.command, config)) as server:
+                        figures = hosting.run(server, layout, self.settings.hosting_s,
+                                              self.settings.hosting_warmup_s, self._progress.show)
+                except _FAILURES as exc:
+                    self._fail("hosting", peer, layout.label, exc)
+                    continue
+                self.results["hosting"].append({"server": peer.key, **figures})
+                if figures["wrong_answers"]:
+                    self._fail("hosting", peer, layout.label, HostingFailed(
+                        f"{figures['wrong_answers']} call(s) answered by another function"))
+
 
 class SoakFailed(RuntimeError):
     """The soak ran to the end, and a verdict failed (see its record)."""
+
+
+class HostingFailed(RuntimeError):
+    """The hosting run ended, and some calls were answered by the wrong function."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVERY_SERVER = {"uvicorn", "gunicorn", "ff", "ff-asgi", "sfsupervisor"}
 LOAD_SCENARIOS = {"hello", "cpu", "sleep", "payload", "async", "faults"}
+SANDBOX_TIERS = {"none", "uid", "ns"}
 BENCH_MODULES = ("gunicorn", "functions_framework", "matplotlib")
 RUN_TIMEOUT_S = 200
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -56,6 +57,8 @@ def test_every_server_answers_every_scenario(quick_run: tuple[Path, dict]) -> No
     assert {server for _, server in answered} == EVERY_SERVER
     assert {scenario for scenario, _ in answered} == LOAD_SCENARIOS
     assert {row["server"] for row in results["coldstart"]} == EVERY_SERVER
+    # Each tier started, or reported unavailable on this machine.
+    assert {row["tier"] for row in results["coldstart_tiers"]} == SANDBOX_TIERS
     assert {row["server"] for row in results["memory"]["servers"]} == EVERY_SERVER
     assert results["memory"]["bare"]["rss_mb"] > 0
     assert {row["server"] for row in results["recovery"]} >= EVERY_SERVER - {"uvicorn"}
@@ -65,7 +68,7 @@ def test_every_server_answers_every_scenario(quick_run: tuple[Path, dict]) -> No
 def test_results_are_written(quick_run: tuple[Path, dict]) -> None:
     out, results = quick_run
     assert results["meta"]["mode"] == "quick run"
-    assert len(results["targets"]) == 7
+    assert len(results["targets"]) == 9
     hello = {run["server"]: run for run in results["runs"] if run["scenario"] == "hello"}
     assert hello["uvicorn"]["cpu_u"]["total"] == 1.0  # U is uvicorn's CPU per request
     assert hello["sfsupervisor"]["cpu_us"]["main"] > 0
