@@ -71,6 +71,9 @@ class Instance:
         self.python = python  # the interpreter of its worker
         # When it last went idle (loop time): the host retires the least recently used.
         self.idle_since = 0.0
+        # When it became ready (loop time), and what that cost: the time from its spawn.
+        self.ready_at = 0.0
+        self.start_cost_s = 0.0
         # The instance's own accounting (a cgroup, say) is made when its worker starts.
         self.memory = InstanceMemory(config.memory_mb * MB)
         self.call_limit = call_limit
@@ -365,7 +368,9 @@ class Instance:
     def _ready(self, init_s: float) -> None:
         self._cancel_timer()
         # The worker measures its own import; it cannot have taken longer than we waited.
-        self.init_duration_s = min(max(init_s, 0.0), self._loop.time() - self._started_at)
+        self.ready_at = self._loop.time()
+        self.start_cost_s = self.ready_at - self._started_at
+        self.init_duration_s = min(max(init_s, 0.0), self.start_cost_s)
         self.state = State.IDLE
         self._log.info(
             f"instance {self.id} ready (pid {self.pid}, init {self.init_duration_s * 1000:.1f} ms)",

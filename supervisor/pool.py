@@ -290,7 +290,8 @@ class Pool:
             return []
         spare = sum(1 for i in self._instances.values() if i.state in _USABLE) \
             - self._settings.min_instances
-        idle = sorted((i.idle_since, i) for i in self._idle if not i.stale)
+        idle = sorted(((i.idle_since, i) for i in self._idle if not i.stale),
+                      key=lambda pair: pair[0])  # instances themselves do not compare
         return idle[:max(0, spare)]
 
     def evict(self, instance: Instance) -> None:

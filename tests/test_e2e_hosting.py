@@ -177,6 +177,32 @@ def test_with_every_instance_busy_a_call_waits_for_room_or_gets_429(
     assert time.monotonic() - started < 5
 
 
+def test_two_busy_functions_sharing_one_slot_take_turns_without_thrashing(
+    launch_supervisor: Launch, tmp_path: Path
+) -> None:
+    """Each caller calls again at once: an instance evicted as soon as it went idle would be
+    started again for almost every call. Waiting up to a start time before evicting lets each
+    function serve a run of calls per start, and both callers still get served."""
+    config = write_config(tmp_path / "hosting.toml",
+                          function_table("left", max_instances=1),
+                          function_table("right", max_instances=1), max_instances=1)
+    supervisor = launch_hosting(launch_supervisor, config)
+    calls_each = 30
+
+    def caller(name: str) -> list[int]:
+        return [call(supervisor, f"/{name}", seconds=0.005).status_code
+                for _ in range(calls_each)]
+
+    with ThreadPoolExecutor(2) as pool:
+        callers = [pool.submit(caller, name) for name in ("left", "right")]
+        statuses = [status for done in callers for status in done.result()]
+    assert statuses == [200] * 2 * calls_each
+    metrics = scrape_metrics(supervisor)
+    evictions = sum(metrics.value("sfsupervisor_instance_restarts_total", function=name,
+                                  reason="evicted") for name in ("left", "right"))
+    assert 1 <= evictions <= calls_each // 3, evictions
+
+
 # -- per-function interpreter ------------------------------------------------------------------
 
 
