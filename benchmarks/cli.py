@@ -32,7 +32,7 @@ FULL = {"duration_s": 3.0, "rounds": 3, "warmup_s": 2.0, "coldstart_repeats": 3,
         "recovery_cycles": 10, "overload_s": 8.0, "soak_s": 600.0, "soak_warmup_s": 5.0,
         "tier_repeats": 5, "hosting_s": 30.0, "hosting_warmup_s": 5.0}
 # Quick runs warm up with a burst of calls only (wrk's shortest run is a whole second).
-QUICK = {"duration_s": 2.0, "rounds": 1, "warmup_s": 0.0, "coldstart_repeats": 1,
+QUICK = {"duration_s": 1.0, "rounds": 1, "warmup_s": 0.0, "coldstart_repeats": 1,
          "recovery_cycles": 3, "overload_s": 3.0, "soak_s": 20.0, "soak_warmup_s": 2.0,
          "tier_repeats": 1, "hosting_s": 3.0, "hosting_warmup_s": 1.0}
 CHOICES = (*SCENARIO_NAMES, *EXPLICIT_SCENARIOS)
