@@ -42,7 +42,7 @@ REFUSAL_LINES_PER_S = 20
 # A client refused with 429 on a keep-alive connection has its next request read no sooner
 # than this: hundreds of clients retrying at once would otherwise take the loop's time from the
 # calls it serves and from /healthz, without a call more being served.
-REFUSED_HOLD_S = 0.2
+REFUSED_HOLD_S = 0.5
 _TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 _REQUEST_ID = b"X-Request-Id"
 # The version (4) and variant bits of a random UUID.
