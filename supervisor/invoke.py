@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor import cli, lambda_api, logs, runner, sandbox
+from supervisor import cli, lambda_api, logs, responses, runner, sandbox
 from supervisor.calls import Call, Outcome
 from supervisor.config import Config, FunctionSettings
 from supervisor.http import new_id
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         answer = loop_runner.run(_call_once(config, chosen, event))
     if answer is None:
         return 1
-    status, headers, _, body, error_message = answer
+    _, _, _, body, error_message = answer
     if error_message is not None:
         print(json.dumps(json.loads(body), indent=2, ensure_ascii=False))
         return 1
@@ -84,7 +84,7 @@ def _usage_error(message: str) -> None:
 
 
 async def _call_once(config: Config, chosen: sandbox.Sandbox,
-                     event: bytes) -> tuple | None:
+                     event: bytes) -> responses.Response | None:
     """Start one instance, make the call, stop; the call's rendered answer (None: no instance
     could be set up, said in the log)."""
     log = logs.Log(config.log_format, config.log_level, config.function_name)
@@ -100,7 +100,8 @@ async def _call_once(config: Config, chosen: sandbox.Sandbox,
             outcome = await done
             answer = lambda_api.render(outcome, call.request_id, config.timeout_s,
                                        config.max_response_bytes)
-            logs.call_end(log, call, answer[0], answer[4], config.memory_mb, None)
+            status, _, _, _, error_message = answer
+            logs.call_end(log, call, status, error_message, config.memory_mb, None)
     except runner.MemoryEnforcementUnavailable:
         return None
     finally:

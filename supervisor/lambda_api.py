@@ -105,7 +105,7 @@ def render(outcome: Outcome, request_id: str, timeout_s: float,
     """The answer to an invocation's outcome (status, headers, body, ERROR line's message)."""
     ending = outcome.ending
     if ending is Ending.OK:
-        status, _, _, body, message = responses.render(outcome, max_body_bytes)
+        _, _, _, body, message = responses.render(outcome, max_body_bytes)
         if message is None:
             return 200, [responses.JSON, _VERSION], b"", body, None
         return _unhandled(json.loads(body), message)

@@ -72,8 +72,8 @@ class Log:
     def write(self, level: int, message: str, instance: int | None = None,
               request_id: str | None = None, stream: str | None = None) -> None:
         """Log one record; `stream` marks a line the function wrote to stdout or stderr."""
-        if self._tails and request_id in self._tails:
-            self._tails[request_id].add(message)
+        if self._tails:
+            self._keep_in_tail(request_id, message)
         self._write(level, message, instance, request_id, stream)
 
     def _write(self, level: int, message: str, instance: int | None, request_id: str | None,
@@ -88,8 +88,8 @@ class Log:
 
     def call_started(self, instance: int, request_id: str, version: str) -> None:
         """A call's START line (written for every call: made with as little work as it can)."""
-        if self._tails and request_id in self._tails:
-            self._tails[request_id].add(start_line(request_id, version))
+        if self._tails:
+            self._keep_in_tail(request_id, start_line(request_id, version))
         if self.level > logging.INFO:
             return
         if self._json:
@@ -100,9 +100,8 @@ class Log:
 
     def call_ended(self, instance: int, request_id: str, report: str) -> None:
         """A call's END line and its REPORT line `report`, formatted together."""
-        if self._tails and request_id in self._tails:
-            self._tails[request_id].add(end_line(request_id))
-            self._tails[request_id].add(report)
+        if self._tails:
+            self._keep_in_tail(request_id, end_line(request_id), report)
         if self.level > logging.INFO:
             return
         if self._json:
@@ -116,6 +115,12 @@ class Log:
         """Keep the last TAIL_BYTES of the lines of call `request_id`, whatever the log level,
         until take_tail()."""
         self._tails[request_id] = _Tail()
+
+    def _keep_in_tail(self, request_id: str | None, *lines: str) -> None:
+        tail = self._tails.get(request_id) if request_id is not None else None
+        if tail is not None:
+            for line in lines:
+                tail.add(line)
 
     def take_tail(self, request_id: str) -> str:
         """The kept end of the call's log (one line per record), and stop keeping it."""
