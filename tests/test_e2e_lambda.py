@@ -138,11 +138,15 @@ def test_the_client_context_reaches_the_handler(lambda_function: Supervisor) -> 
     assert invoke(lambda_function, {"action": "client_context"})["Payload"] is None
 
 
+def marking(marks: Path, mark: str) -> dict[str, str]:
+    """The event of a call that appends `mark` to the file `marks`."""
+    return {"action": "mark", "path": str(marks), "mark": mark}
+
+
 def test_an_event_invocation_answers_202_and_runs(lambda_function: Supervisor,
                                                     shared_dir: Path) -> None:
     marks = shared_file(shared_dir, "marks")
-    answer = invoke(lambda_function, {"action": "mark", "path": str(marks), "mark": "queued"},
-                    InvocationType="Event")
+    answer = invoke(lambda_function, marking(marks, "queued"), InvocationType="Event")
     assert answer["StatusCode"] == 202
     lambda_function.wait_until(lambda: marks.read_text() == "queued\n", "the event call's mark")
 
@@ -150,10 +154,9 @@ def test_an_event_invocation_answers_202_and_runs(lambda_function: Supervisor,
 def test_a_dry_run_answers_204_and_runs_nothing(lambda_function: Supervisor,
                                                  shared_dir: Path) -> None:
     marks = shared_file(shared_dir, "marks")
-    dry = invoke(lambda_function, {"action": "mark", "path": str(marks), "mark": "dry"},
-                 InvocationType="DryRun")
+    dry = invoke(lambda_function, marking(marks, "dry"), InvocationType="DryRun")
     assert dry["StatusCode"] == 204
-    invoke(lambda_function, {"action": "mark", "path": str(marks), "mark": "real"})
+    invoke(lambda_function, marking(marks, "real"))
     assert marks.read_text() == "real\n"
 
 

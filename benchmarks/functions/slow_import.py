@@ -5,16 +5,11 @@ benchmark can tell when every process serving it has finished importing."""
 import sys
 import time
 
+from burn import burn_cpu
+
 IMPORT_CPU_S = 0.3
 
-
-def _burn(seconds: float) -> None:
-    deadline = time.thread_time() + seconds
-    while time.thread_time() < deadline:
-        pass
-
-
-_burn(IMPORT_CPU_S)
+burn_cpu(IMPORT_CPU_S)
 print(f"slow_import ready {time.time():.6f}", file=sys.stderr, flush=True)
 
 
