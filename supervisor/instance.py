@@ -22,14 +22,13 @@ import sys
 import time
 from typing import Any, Protocol
 
-from supervisor import logs
+from supervisor import logs, pipes
 from supervisor.calls import Call, Ending, Outcome
 from supervisor.config import Config
 from supervisor.limits import MB, ChildrenMap, InstanceMemory, MemoryEnforcement
 from supervisor.sandbox import InstanceSandbox, Sandbox
 from worker import protocol
 
-_READ_BYTES = 64 * 1024
 _F_SETPIPE_SZ = 1031
 _FRAME_PIPE_BYTES = 1024 * 1024  # fewer partial writes for megabyte bodies
 # The platform retires an instance with SIGTERM and sends SIGKILL 50 ms later.
@@ -303,7 +302,7 @@ class Instance:
     def _on_frames_readable(self) -> bool:
         """Read and handle what the worker sent; True if more may be waiting."""
         try:
-            data = os.read(self._from_worker, _READ_BYTES)
+            data = pipes.read(self._from_worker)
         except BlockingIOError:
             return False
         except OSError:
@@ -321,7 +320,7 @@ class Instance:
                 self._handle_frame(frame)
         except Exception as exc:  # the bytes are the worker's: any decoding error is its fault
             self._protocol_violation(f"{type(exc).__name__}: {exc or 'bytes that are not msgpack'}")
-        return len(data) == _READ_BYTES
+        return len(data) == pipes.READ_BYTES
 
     def _frame_pipe_closed(self) -> None:
         if not self._exited:

@@ -18,6 +18,7 @@ import os
 import time
 from typing import Protocol
 
+from supervisor import pipes
 from supervisor.calls import Call
 from supervisor.logsink import LogSink
 
@@ -31,7 +32,6 @@ _PADDED_LEVEL_NAMES = {number: f"{name:<7}" for number, name in _LEVEL_NAMES.ite
 MAX_LINE_BYTES = 64 * 1024
 # How much of a worker's pending output one drain reads before it lets the loop run again.
 MAX_DRAIN_BYTES = 1024 * 1024
-_READ_BYTES = 64 * 1024
 # How much of a call's log a tail (the Lambda API's X-Amz-Log-Type: Tail) keeps: its last 4 KB.
 TAIL_BYTES = 4096
 
@@ -302,7 +302,7 @@ class OutputCapture:
         """Log what the worker has written so far, the unfinished last line included."""
         budget = MAX_DRAIN_BYTES
         while budget > 0 and self._read_once():
-            budget -= _READ_BYTES
+            budget -= pipes.READ_BYTES
         self._emit_partial()
 
     def close(self) -> None:
@@ -321,7 +321,7 @@ class OutputCapture:
         if self._fd < 0:
             return False
         try:
-            data = os.read(self._fd, _READ_BYTES)
+            data = bytes(pipes.read(self._fd))
         except BlockingIOError:
             return False
         except OSError:
@@ -335,7 +335,7 @@ class OutputCapture:
             self._keep(piece)
             self._emit_line()
         self._keep(rest)
-        return len(data) == _READ_BYTES
+        return len(data) == pipes.READ_BYTES
 
     def _keep(self, piece: bytes) -> None:
         room = MAX_LINE_BYTES - len(self._partial)
