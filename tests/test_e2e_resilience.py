@@ -243,10 +243,12 @@ def test_sighup_reloads_the_code_with_no_call_failing(
         finished = in_flight.result()
         assert ok_json(finished)["version"] == "one"
     assert set(statuses) == {200}, f"{len(statuses)} calls: {sorted(set(statuses))}"
+    in_flight_end_line = f"END RequestID: {finished.headers['X-Request-Id']}"
+    supervisor.wait_for_text(in_flight_end_line)  # log lines follow the answer within ms
     log = supervisor.log_text()
     assert "SIGHUP: replacing" in log
     # The long call ended after the reload began: it was in flight all along.
-    in_flight_end = log.index(f"END RequestID: {finished.headers['X-Request-Id']}")
+    in_flight_end = log.index(in_flight_end_line)
     assert log.index("SIGHUP: replacing") < in_flight_end
 
 
