@@ -35,6 +35,7 @@ _unread = array.array("i", [0])
 def main() -> None:
     read_fd, write_fd, parent_pid = (int(arg) for arg in sys.argv[1:4])
     _die_with_parent(parent_pid)
+    _schedule_as_batch()
     sys.argv = [sys.argv[0]]
     channel = Channel(read_fd, write_fd)
     init = channel.receive()
@@ -60,6 +61,20 @@ def main() -> None:
     channel.send([protocol.READY, protocol.VERSION, (time.perf_counter() - init_started) * 1000])
     memory = PeakMemory() if limits["measure_peak"] else None
     _serve(channel, handler, static, limits["max_response_bytes"], memory, stamp)
+
+
+def _schedule_as_batch() -> None:
+    """Run under SCHED_BATCH: a worker woken by a call does not preempt the supervisor.
+
+    The supervisor writes a call to the pipe and has more to do (answer the previous call, read
+    the next request); with the default policy the woken worker often takes its core at once,
+    and the supervisor waits to be scheduled again. A batch task gets the same share of CPU and
+    the same nice level; it only forgoes preempting others on wake-up.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        pass  # a seccomp profile or an old kernel: the default policy serves as well
 
 
 def _serve(
