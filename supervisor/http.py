@@ -106,11 +106,10 @@ class FunctionApp:
 
     def head_received(self, request: Request) -> Answer | None:
         """429 before the body is read, for a request with a body that could not be queued."""
-        body_bytes = _declared_body_bytes(request)
-        if not body_bytes or request.path in self._reserved:
-            return None  # nothing to spare reading: handle() answers, keeping the connection
+        if request.path in self._reserved:
+            return None  # handle() answers, keeping the connection
         pool = self._route(request.path)
-        refusal = pool.refusal(max(body_bytes, 0)) if pool is not None else None
+        refusal = pool.refusal(_declared_body_bytes(request)) if pool is not None else None
         if refusal is None or pool is None:
             return None
         return self._refusal(pool, 429, refusal, "TooManyRequests", logged=True)
@@ -270,12 +269,10 @@ def new_id() -> str:
 
 
 def _declared_body_bytes(request: Request) -> int:
-    """The body's Content-Length, -1 for a chunked body (length unknown), or 0 for none."""
+    """The body's Content-Length, or 0 for a chunked body (its length is not known yet)."""
     for name, value in request.headers:
         if name == b"content-length":
             return int(value)  # llhttp has checked it is all digits
-        if name == b"transfer-encoding":
-            return -1
     return 0
 
 

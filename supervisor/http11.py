@@ -146,8 +146,8 @@ class Request:
 class App(Protocol):
     """What serves the requests.
 
-    An app may also define `head_received(request) -> Answer | None`, called once a request's
-    head has arrived and before its body is read (request.body is still empty). An answer
+    An app may also define `head_received(request) -> Answer | None`, called once the head of a
+    request with a body has arrived and before the body is read (request.body is still empty). An answer
     returned there is sent in the request's turn with `Connection: close`, the body is never
     read, and handle() is not called for that request: a cheap refusal for a request whose body
     is not wanted (a full queue, say).
@@ -400,8 +400,8 @@ class _Connection(asyncio.Protocol):
         answer = None
         if has_body or version != "1.1" or method == "CONNECT":  # what might be refused
             answer = self._refusal(request, has_body)
-        if answer is None and self._server.head_received is not None:
-            answer = self._early_answer(request)
+            if answer is None and has_body and self._server.head_received is not None:
+                answer = self._early_answer(request)
         if answer is not None:
             self._answer_now(*answer, head_only=method == "HEAD")
             raise _StopParsing

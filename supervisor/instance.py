@@ -398,7 +398,8 @@ class Instance:
         call = self._call
         assert call is not None
         self.call_deadline = math.inf
-        if output != 0 or any(capture.holds_partial_line for capture in self._outputs):
+        stdout, stderr = self._outputs
+        if output != 0 or stdout.holds_partial_line or stderr.holds_partial_line:
             for capture, flag in zip(self._outputs, _OUTPUT_FLAGS, strict=False):
                 capture.end_call(drain=not isinstance(output, int) or bool(output & flag))
         call.finished_at = time.perf_counter()

@@ -141,15 +141,17 @@ class Pool:
         Admission: when the queue already holds max_queue calls, the call is rejected at once
         (the platform's 429) rather than left to wait without bound.
         """
-        if self._is_full(call.held_bytes):
+        full = self._is_full(call.held_bytes)
+        if full:
             self._collect_replies()
+            full = self._is_full(call.held_bytes)
         if self._stopping:
             call.resolve(Outcome(Ending.SHUTDOWN))
         elif self._idle and self._busy < self._config.instances:
             self._dispatch(self._idle.pop(), call)
         elif self._boot_failure is not None and not self._has_instance_to_wait_for():
             call.resolve(self._boot_failure)
-        elif self._is_full(call.held_bytes):
+        elif full:
             call.resolve(Outcome(Ending.REJECTED, detail=self._full_reason(call.held_bytes)))
         else:
             call.queued_at = time.perf_counter()
