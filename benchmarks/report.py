@@ -278,7 +278,8 @@ def _soak_verdicts(row: dict[str, Any]) -> str:
     lines += [
         f"  lost calls (no HTTP answer): {found['lost']:,} of {row['calls']:,}",
         f"  answers other than the behaviour's own or 429: {found['unexpected']:,}",
-        f"  descendants ≤ {tree['bound']} (instances + spare + {soak.DESCENDANT_SLACK}): "
+        f"  descendants ≤ {tree['bound']} (2 x {tree['at_rest']} at rest + "
+        f"{soak.DESCENDANT_SLACK}): "
         f"{_yes(tree['bounded'])}, most seen {tree['max']}",
     ]
     return "\n".join(lines)
