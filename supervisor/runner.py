@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -13,7 +12,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from supervisor import configfile, guard, limits, logs, reloader, sandbox
+from supervisor import configfile, guard, heap, limits, logs, reloader, sandbox
 from supervisor.config import Config, FunctionSettings
 from supervisor.host import Host
 from supervisor.http import FunctionApp
@@ -32,9 +31,6 @@ CLOSE_TIMEOUT_S = 1.0
 FORCED_CLOSE_TIMEOUT_S = 0.2
 # While stopping, how often to look whether the calls have all been answered.
 DRAIN_POLL_S = 0.01
-# glibc's mallopt() parameter, and the (default) size from which a block gets its own mapping.
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def run(config: Config) -> int:
@@ -57,26 +53,9 @@ def _run(server: Config, functions: list[FunctionSettings], single: str | None,
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2
-    _fix_mmap_threshold()
+    heap.fix_mmap_threshold()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve(server, functions, single, host_config, chosen))
-
-
-def _fix_mmap_threshold() -> None:
-    """Keep request and response bodies out of the heap.
-
-    glibc raises its mmap threshold to the size of the largest mapped block freed so far (up
-    to 32 MB). After the first multi-megabyte body, such bodies are carved from the heap
-    instead, and the holes they leave kept the supervisor's RSS growing for minutes under
-    mixed traffic (+29 % over a 10-minute soak, still rising; +11 % with the threshold fixed,
-    all of it in the first minutes). A fixed threshold turns the adjustment off: a large block
-    is mapped, and unmapped once freed.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:
-        return  # not glibc: its allocator has no such threshold to fix
-    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 async def _serve(config: Config, functions: list[FunctionSettings], single: str | None,
@@ -102,7 +81,7 @@ async def _serve(config: Config, functions: list[FunctionSettings], single: str 
             host.start()
             reload = _reloader(host_config, host, memory, chosen, log)
             with _operator_signals(reload, host, log), _reloading(config, host, single, log), \
-                    _pid_file(host_config):
+                    _pid_file(host_config), _trimming_the_heap():
                 await server.start(listener)
                 await _serve_until_stopped(server, host, config.graceful_timeout_s, log)
     except MemoryEnforcementUnavailable:
@@ -110,6 +89,16 @@ async def _serve(config: Config, functions: list[FunctionSettings], single: str 
     finally:
         log.close(LOG_DRAIN_TIMEOUT_S)
     return 0
+
+
+@contextlib.contextmanager
+def _trimming_the_heap() -> Iterator[None]:
+    trimmer = heap.Trimmer(asyncio.get_running_loop())
+    trimmer.start()
+    try:
+        yield
+    finally:
+        trimmer.stop()
 
 
 class MemoryEnforcementUnavailable(Exception):
