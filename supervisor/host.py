@@ -238,9 +238,12 @@ class Host:
 
     def _sweep_orphans(self) -> None:
         del self._timers["orphans"]
+        self._memory.remove_released()
+        workers = {pid for pool in self.every_pool() for pid in pool.worker_pids()}
+        if not self._reaper.has_strays(workers):
+            return
         children = children_map()
         if not children:
             return  # /proc could not be read (out of descriptors?): the next reap sweeps
         keep = {pid for pool in self.every_pool() for pid in pool.live_pids(children)}
         self._reaper.sweep(children, keep)
-        self._memory.remove_released()

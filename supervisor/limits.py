@@ -550,6 +550,13 @@ class OrphanReaper:
         self._own_children = own_children
         self._reaping: set[int] = set()
 
+    def has_strays(self, workers: set[int]) -> bool:
+        """Whether a child of ours is neither one of `workers` nor a helper nor being reaped:
+        an orphan, or a daemon out of a live instance. Most instance deaths leave none, and this
+        look costs one read of the kernel's list where sweep() needs a pass over /proc."""
+        return any(pid not in workers and pid not in self._reaping
+                   and pid not in self._own_children for pid in _own_children())
+
     def sweep(self, children: ChildrenMap, keep: set[int]) -> None:
         """Kill (with its tree) and reap every child of ours whose pid is not in `keep`."""
         for pid in children.get(os.getpid(), ()):

@@ -332,6 +332,10 @@ class Pool:
         return {pid for i in self._instances.values() if i.state is not State.DEAD
                 for pid in i.memory.pids(children)}
 
+    def worker_pids(self) -> set[int]:
+        """The worker processes of the pool's instances that are not reaped yet."""
+        return {i.pid for i in self._instances.values() if i.state is not State.DEAD}
+
     def instances(self) -> list[Instance]:
         return list(self._instances.values())
 
