@@ -390,5 +390,11 @@ def test_daemons_that_end_on_their_own_are_reaped(launch_supervisor: Launch) -> 
 
 
 def _zombie_children(pid: int) -> list[int]:
-    return [child.pid for child in psutil.Process(pid).children()
-            if child.status() == psutil.STATUS_ZOMBIE]
+    zombies = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass  # reaped between the listing and the look: what the test waits for
+    return zombies
