@@ -147,10 +147,10 @@ class App(Protocol):
     """What serves the requests.
 
     An app may also define `head_received(request) -> Answer | None`, called once the head of a
-    request with a body has arrived and before the body is read (request.body is still empty). An answer
-    returned there is sent in the request's turn with `Connection: close`, the body is never
-    read, and handle() is not called for that request: a cheap refusal for a request whose body
-    is not wanted (a full queue, say).
+    request with a body has arrived and before the body is read (request.body is still empty).
+    An answer returned there is sent in the request's turn with `Connection: close`, the body is
+    never read, and handle() is not called for that request: a cheap refusal for a request whose
+    body is not wanted (a full queue, say).
     """
 
     def handle(self, request: Request) -> None:

@@ -97,7 +97,8 @@ def not_found(name: str) -> Answer:
 def refusal(refused: Refused) -> Answer:
     """The service's error answer, as botocore reads it."""
     body = json.dumps({"Type": "User", "message": str(refused)}).encode()
-    return refused.status, [responses.JSON, (b"x-amzn-ErrorType", refused.error_type.encode())], body
+    error_type = (b"x-amzn-ErrorType", refused.error_type.encode())
+    return refused.status, [responses.JSON, error_type], body
 
 
 def render(outcome: Outcome, request_id: str, timeout_s: float,

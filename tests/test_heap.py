@@ -41,4 +41,5 @@ def test_the_trimmer_returns_freed_heap_memory_pinned_below_a_live_block() -> No
     result = subprocess.run([sys.executable, "-c", FRAGMENT_THEN_TRIM], capture_output=True,
                             text=True, timeout=20, check=True)
     before_mb, after_mb = map(float, result.stdout.split())
-    assert before_mb - after_mb > 48, f"RSS {before_mb:.1f} MB before trimming, {after_mb:.1f} after"
+    assert before_mb - after_mb > 48, \
+        f"RSS {before_mb:.1f} MB before trimming, {after_mb:.1f} after"
