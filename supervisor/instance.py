@@ -476,6 +476,9 @@ class Instance:
         self._cancel_timer()
         if previous in (State.STARTING, State.IDLE, State.BUSY):
             self._died(previous, returncode)
+        # Each capture names this instance as its source: dropped now, the dead instance is
+        # freed at once rather than by an occasional full collection of the cycle collector.
+        self._outputs = []
         if self.memory.oom_events_fd >= 0:
             self._loop.remove_reader(self.memory.oom_events_fd)
         self.memory.release()
