@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import signal
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,9 +94,11 @@ class InstanceMemory:
     # Whether the worker should measure its own per-call peak (a cgroup knows it already).
     needs_worker_peak = True
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int,
+                 remove_directory: Callable[[Path], None] | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.pid = 0
+        self._remove_directory = remove_directory or _rmdir_quietly
         self._statm_fds: dict[int, int] = {}
         # Resident bytes of a process not counted against the instance (see _track).
         self._baselines: dict[int, int] = {}
@@ -193,7 +197,7 @@ class InstanceMemory:
         self._statm_fds.clear()
         self._baselines.clear()
         if self.pids_dir is not None:
-            _rmdir_quietly(self.pids_dir)
+            self._remove_directory(self.pids_dir)
 
     def _track(self, pids: Iterable[int]) -> None:
         """Start reading the resident memory of processes new to the tree.
@@ -222,8 +226,9 @@ class CgroupMemory(InstanceMemory):
 
     needs_worker_peak = False
 
-    def __init__(self, limit_bytes: int, path: Path, layout: CgroupLayout) -> None:
-        super().__init__(limit_bytes)
+    def __init__(self, limit_bytes: int, path: Path, layout: CgroupLayout,
+                 remove_directory: Callable[[Path], None] | None = None) -> None:
+        super().__init__(limit_bytes, remove_directory)
         self.path = path
         self._layout = layout
         self._peak_fd = self._oom_control_fd = -1
@@ -300,17 +305,7 @@ class CgroupMemory(InstanceMemory):
             if fd >= 0:
                 os.close(fd)
         self._peak_fd = self._oom_control_fd = self.oom_events_fd = -1
-        self.remove()
-
-    def remove(self) -> bool:
-        """Remove the cgroup; False while killed members are still dying."""
-        try:
-            self.path.rmdir()
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True
+        self._remove_directory(self.path)
 
     def _oom_kills(self) -> int:
         try:
@@ -331,7 +326,7 @@ class MemoryEnforcement:
         self._parent = parent
         self._layout = layout
         self._pids_parent = pids_parent
-        self._cgroups: list[CgroupMemory] = []
+        self._remover = _DirectoryRemover()
 
     @property
     def description(self) -> str:
@@ -352,11 +347,12 @@ class MemoryEnforcement:
         """The accounting of a new instance limited to `limit_mb` and `max_pids` (its
         function's own limits: with --config they differ between functions)."""
         limit_bytes = limit_mb * MB
+        remove = self._remover.remove
         if self._parent is None or self._layout is None:
-            memory = InstanceMemory(limit_bytes)
+            memory = InstanceMemory(limit_bytes, remove)
         else:
-            memory = CgroupMemory(limit_bytes, self._parent / f"i{instance_id}", self._layout)
-            self._cgroups.append(memory)
+            memory = CgroupMemory(limit_bytes, self._parent / f"i{instance_id}", self._layout,
+                                  remove)
         if self._pids_parent is not None:
             try:
                 memory.limit_processes(self._pids_parent / f"i{instance_id}", max_pids)
@@ -370,13 +366,58 @@ class MemoryEnforcement:
         return list(dict.fromkeys(d for d in (self._parent, self._pids_parent) if d is not None))
 
     def remove_released(self) -> None:
-        """Remove the cgroups of reaped instances whose last processes have died since."""
-        self._cgroups = [m for m in self._cgroups if m.pid or not m.remove()]
+        """Try again to remove the cgroups of reaped instances that still held dying
+        processes when their removal was first tried."""
+        self._remover.retry_busy()
 
     def close(self) -> None:
         """Remove the supervisor's cgroup directories (its instances are gone by now)."""
+        self._remover.finish()
         for directory in self.cgroup_directories():
             _remove_cgroup_tree(directory)
+
+
+class _DirectoryRemover:
+    """Removes the cgroups of reaped instances on a thread of its own.
+
+    The kernel takes 3-7 ms here to remove a cgroup v1 pids directory, and holds the lock of
+    every cgroup operation meanwhile; on the loop, after every crash, timeout and recycle, that
+    was that much more before the next request was even read. rmdir releases the GIL, so the
+    loop goes on meanwhile. A directory still busy (its killed processes not gone yet) is kept
+    for retry_busy().
+    """
+
+    def __init__(self) -> None:
+        self._pending: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._busy: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def remove(self, path: Path) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="cgroup-remover",
+                                            daemon=True)
+            self._thread.start()
+        self._pending.put(path)
+
+    def retry_busy(self) -> None:
+        for _ in range(self._busy.qsize()):  # not until empty: the thread may put them back
+            self.remove(self._busy.get_nowait())
+
+    def finish(self) -> None:
+        """Remove what is pending and stop the thread."""
+        if self._thread is not None:
+            self._pending.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while (path := self._pending.get()) is not None:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self._busy.put(path)
 
 
 def choose_enforcement(mode: str) -> MemoryEnforcement:

@@ -58,6 +58,7 @@ HELD_CONNECTIONS = 700
 SPAWN_FAILED = "could not start a worker"
 # How long the call in flight across a reload runs.
 IN_FLIGHT_S = 1.5
+CRASHES = 5
 
 
 def get(supervisor: Supervisor, **params: str | float) -> httpx.Response:
@@ -375,6 +376,41 @@ def test_nothing_of_an_instance_outlives_a_sigkilled_supervisor(
     supervisor.send_signal(signal.SIGKILL)
     assert supervisor.wait_exit(10) == -signal.SIGKILL
     assert_processes_gone(detached, timeout_s=10)
+
+
+def test_the_cgroups_of_replaced_instances_are_removed_while_serving(
+    launch_supervisor: Launch,
+) -> None:
+    # They are removed off the loop (removing one takes the kernel milliseconds): this checks
+    # that they still are, during the run, and that none is left once the server has stopped.
+    if reason := cgroup_unavailable():
+        pytest.skip(f"--memory-enforcement cgroup cannot start here: {reason}")
+    supervisor = launch_supervisor(FUNCTION, "--instances", "1", "--spares", "0",
+                                   "--memory-enforcement", "cgroup")
+    parents = _own_cgroups(supervisor.pid)
+    assert parents, "the supervisor made no cgroup directory"
+    for _ in range(CRASHES):
+        assert get(supervisor, do="crash").status_code == 502
+        wait_ready(supervisor)
+    supervisor.wait_until(lambda: all(len(_instance_cgroups(parent)) == 1 for parent in parents),
+                          "only the live instance's cgroups left")
+    supervisor.stop()
+    assert not [parent for parent in parents if parent.exists()]
+
+
+def _own_cgroups(pid: int) -> list[Path]:
+    """The directories a supervisor makes for its instances' cgroups (v1: one per controller)."""
+    found = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        mounts = [f"/sys/fs/cgroup/{controller}" for controller in controllers.split(",")
+                  if controller] or ["/sys/fs/cgroup"]
+        found += [Path(mount + path.rstrip("/")) / f"sfsupervisor-{pid}" for mount in mounts]
+    return sorted({directory for directory in found if directory.is_dir()})
+
+
+def _instance_cgroups(parent: Path) -> list[Path]:
+    return [child for child in parent.iterdir() if child.is_dir()]
 
 
 def test_daemons_that_end_on_their_own_are_reaped(launch_supervisor: Launch) -> None:
