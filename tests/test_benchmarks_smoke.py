@@ -68,7 +68,9 @@ def test_every_server_answers_every_scenario(quick_run: tuple[Path, dict]) -> No
 def test_results_are_written(quick_run: tuple[Path, dict]) -> None:
     out, results = quick_run
     assert results["meta"]["mode"] == "quick run"
-    assert len(results["targets"]) == 9
+    assert len(results["targets"]) == 10
+    reserved = next(row for row in results["targets"] if row["target"].startswith("/healthz"))
+    assert reserved["met"] is not None, reserved  # probed during the overload and hammered
     hello = {run["server"]: run for run in results["runs"] if run["scenario"] == "hello"}
     assert hello["uvicorn"]["cpu_u"]["total"] == 1.0  # U is uvicorn's CPU per request
     assert hello["sfsupervisor"]["cpu_us"]["main"] > 0
