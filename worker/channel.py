@@ -7,7 +7,7 @@ from typing import Any
 
 from worker import protocol
 
-_READ_BYTES = 64 * 1024  # below malloc's mmap threshold: a read must not cost an mmap
+_READ_BYTES = 64 * 1024
 
 
 class Channel:
@@ -21,18 +21,28 @@ class Channel:
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._unpacker = protocol.unpacker(protocol.MAX_SUPERVISOR_FRAME_BYTES)
+        self._fed_bytes = 0  # with the unpacker's tell(): whether bytes wait in its buffer
+        # Reads land in one reused buffer (the unpacker copies what it is fed): os.read would
+        # allocate _READ_BYTES and shrink them to the frame's size on every call.
+        self._buffer = bytearray(_READ_BYTES)
+        self._view = memoryview(self._buffer)
 
     def receive(self) -> list[Any] | None:
         """The next frame, or None once the supervisor has closed its end."""
+        unpacker = self._unpacker
+        # The supervisor sends one call at a time, so the buffer is mostly empty here: reading
+        # first spares a failed decode, and its StopIteration, per call.
         while True:
-            try:
-                return next(self._unpacker)
-            except StopIteration:
-                pass
-            data = os.read(self._read_fd, _READ_BYTES)
-            if not data:
+            if self._fed_bytes != unpacker.tell():
+                try:
+                    return next(unpacker)
+                except StopIteration:
+                    pass
+            size = os.readv(self._read_fd, (self._buffer,))
+            if not size:
                 return None
-            self._unpacker.feed(data)
+            unpacker.feed(self._view[:size])
+            self._fed_bytes += size
 
     def send(self, frame: list[Any]) -> None:
         """Send one frame; raises protocol.NotSerializable before writing anything."""
