@@ -30,6 +30,8 @@ _MAX_PAYLOAD_CHARS = 64 * 1024
 _RESPONSE_FIELDS = frozenset(("statusCode", "headers", "multiValueHeaders", "body",
                               "isBase64Encoded"))
 _unread = array.array("i", [0])
+# Results that are surely not awaitable: most are, and inspect.isawaitable costs a few checks.
+_PLAIN_RESULTS = frozenset((dict, str, list, type(None)))
 
 
 def main() -> None:
@@ -130,7 +132,7 @@ class _Handler:
         """(True, the result), or (False, the error object) when the handler raised."""
         try:
             result = self._function(event, ctx)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 self._runner = self._runner or _AsyncRunner()
                 result = self._runner.run(result)
         except Exception as exc:
@@ -168,7 +170,7 @@ def _reply(ok: bool, value: Any, mode: int, common: list[Any], max_bytes: int) -
             parts = [_malformed(common, value, reason)]
         else:
             parts = protocol.pack_with_body([protocol.RESPONSE, *common, status, lines], body)
-    size = sum(len(part) for part in parts)
+    size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
     if size > max_bytes:
         message = (f"the function's response is {size / _MB:.1f} MB, "
                    f"more than the {max_bytes / _MB:g} MB limit")
