@@ -124,8 +124,6 @@ def _collect_headers(
 
 
 def _parse_query(query_string: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
-    if not query_string:
-        return {}, {}
     # Raw non-ASCII bytes are read as UTF-8 (what the cloud's Go gateway passes through).
     pairs = parse_qsl(query_string.decode("utf-8", "replace"), keep_blank_values=True)
     multi: dict[str, list[str]] = {}
@@ -186,15 +184,17 @@ def build_http_event(
     single, multi, forwarded = _collect_headers(headers)
     ip, port = client if client is not None else ("", 0)
     forwarded.append(ip)
-    for name, value in (
-        (_FORWARDED_FOR, ", ".join(forwarded)),
-        ("X-Real-Remote-Address", f"[{ip}]:{port}"),
-        ("X-Request-Id", request_id),
-        ("X-Trace-Id", trace_id),
-    ):
-        single[name] = value
-        multi[name] = [value]
-    query, multi_query = _parse_query(query_string)
+    forwarded_for = ", ".join(forwarded)
+    remote_address = f"[{ip}]:{port}"
+    single[_FORWARDED_FOR] = forwarded_for
+    single["X-Real-Remote-Address"] = remote_address
+    single["X-Request-Id"] = request_id
+    single["X-Trace-Id"] = trace_id
+    multi[_FORWARDED_FOR] = [forwarded_for]
+    multi["X-Real-Remote-Address"] = [remote_address]
+    multi["X-Request-Id"] = [request_id]
+    multi["X-Trace-Id"] = [trace_id]
+    query, multi_query = _parse_query(query_string) if query_string else ({}, {})
     body_text, is_base64 = _event_body(body, single.get("Content-Type"))
     epoch = int(request_time)
     return {
