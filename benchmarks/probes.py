@@ -132,6 +132,11 @@ def _memory(process: psutil.Process) -> dict[str, float]:
     return {"rss_mb": info.rss / MB, "uss_mb": info.uss / MB}
 
 
+# sfsupervisor's text log: "2026-12-07T13:13:29.242Z INFO    [...] message".
+_OUR_LEVEL = re.compile(rb"\d{4}-\d\d-\d\dT[\d:.]+Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+_KIND_OF_LEVEL = {b"WARNING": "warning", b"ERROR": "error", b"CRITICAL": "error"}
+
+
 def scan_log(path: Path, limit: int = 5) -> dict[str, Any]:
     """Count the log's warning, error and traceback lines; keep the first few of them."""
     counts = {"warning": 0, "error": 0, "traceback": 0}
@@ -150,6 +155,9 @@ def scan_log(path: Path, limit: int = 5) -> dict[str, Any]:
 def _line_kind(line: bytes) -> str | None:
     if b"Traceback" in line:
         return "traceback"
+    ours = _OUR_LEVEL.match(line)
+    if ours is not None:  # by its level: an INFO line may quote an ERROR line (a 499's)
+        return _KIND_OF_LEVEL.get(ours[1])
     if b"ERROR" in line or b"CRITICAL" in line:
         return "error"
     if b"WARNING" in line:

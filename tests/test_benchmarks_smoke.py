@@ -90,3 +90,19 @@ def test_no_server_is_left_running(quick_run: tuple[Path, dict]) -> None:
         if any(marker in command for marker in markers) or process.info["cwd"] == functions_dir:
             survivors.append(f"{process.info['pid']}: {command}")
     assert survivors == []
+
+
+@pytest.mark.timeout(10)
+def test_the_log_scan_counts_lines_by_their_level(tmp_path: Path) -> None:
+    """A 499's INFO line quotes the word ERROR; it is no error. Other servers' lines, without
+    our level field, still count by the words they hold."""
+    from benchmarks.probes import scan_log
+
+    log = tmp_path / "server.log"
+    log.write_bytes(
+        b"2026-12-07T13:13:29.242Z INFO    [7 a-b] ERROR RequestID: a-b Code: 499 Message: x\n"
+        b"2026-12-07T13:13:29.243Z ERROR   [7 c-d] ERROR RequestID: c-d Code: 502 Message: y\n"
+        b"2026-12-07T13:13:29.244Z WARNING [7] instance 7 answered call 3 again\n"
+        b"[2026-12-07 13:13:29 +0000] [12] [ERROR] Worker timeout (pid:13)\n"
+        b"Traceback (most recent call last):\n")
+    assert scan_log(log)["counts"] == {"warning": 1, "error": 2, "traceback": 1}
