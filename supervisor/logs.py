@@ -3,9 +3,13 @@
 Everything goes to stderr, one line per record, as readable text or as JSON lines. Records are
 buffered and written together at most FLUSH_DELAY_S after the first of them, so the per-call
 lines (START, END, REPORT) and the function's output cost a list append on the hot path, not a
-system call each (a write to a file costs the supervisor as much as the rest of a call); a call's
-END and REPORT lines are formatted together, and the time stamp's text is made once a second.
-The writing itself never blocks and never fails the caller (see logsink.py).
+system call each (a write to a file costs the supervisor as much as the rest of a call). In text
+form the per-call lines are even formatted then, from the figures kept at the call's time: a
+batch of hundreds of lines formatted in one go finds the code and data of the formatting in the
+CPU's caches, where a line formatted between two calls does not (hello at 32 connections: the
+per-call lines cost the supervisor ~6.5 us a call formatted at once, ~1.5-2 us less formatted
+in batches). The time stamp's text is made once a millisecond. The writing itself never blocks
+and never fails the caller (see logsink.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from supervisor import pipes
 from supervisor.calls import Call
 from supervisor.logsink import LogSink
 
+# A REPORT line's figures: request id, duration ms, memory limit MB, peak kB, queuing ms, init
+# ms or None (report_line's arguments).
+ReportFigures = tuple[str, float, int, int, float, float | None]
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 _LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
@@ -38,6 +46,9 @@ MAX_DRAIN_BYTES = 1024 * 1024
 # carries hundreds of lines.
 FLUSH_DELAY_S = 0.02
 FLUSH_CHARS = 64 * 1024
+# What a call's START line, or its END and REPORT lines, count toward FLUSH_CHARS before they
+# are formatted: about their length.
+_CALL_LINES_CHARS = 160
 # How much of a call's log a tail (the Lambda API's X-Amz-Log-Type: Tail) keeps: its last 4 KB.
 TAIL_BYTES = 4096
 
@@ -51,7 +62,8 @@ class Log:
         self._json = log_format == "json"
         self._function = function
         self._sink = sink if sink is not None else LogSink()
-        self._pending: list[str] = []
+        # Lines, and per-call records still to be formatted: (formatter, its arguments...).
+        self._pending: list[str | tuple] = []
         self._pending_lines = 0
         self._pending_chars = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,7 +103,7 @@ class Log:
             line = self._format_json(level, message, instance, request_id, stream)
         else:
             line = f"{self._text_prefix(level, instance, request_id)}{message}\n"
-        self._add(line, 1)
+        self._add(line, 1, len(line))
 
     def call_started(self, instance: int, request_id: str, version: str) -> None:
         """A call's START line (written for every call: made with as little work as it can)."""
@@ -102,21 +114,20 @@ class Log:
         if self._json:
             self._write(logging.INFO, start_line(request_id, version), instance, request_id)
             return
-        self._add(f"{self._timestamp()} INFO    [{instance} {request_id}] "
-                  f"START RequestID: {request_id} Version: {version}\n", 1)
+        self._add((_start_text, self._timestamp(), instance, request_id, version), 1,
+                  _CALL_LINES_CHARS)
 
-    def call_ended(self, instance: int, request_id: str, report: str) -> None:
-        """A call's END line and its REPORT line `report`, formatted together."""
+    def call_ended(self, instance: int, request_id: str, figures: ReportFigures) -> None:
+        """A call's END line and its REPORT line, of `figures` (see report_line)."""
         if self._tails:
-            self._keep_in_tail(request_id, end_line(request_id), report)
+            self._keep_in_tail(request_id, end_line(request_id), report_line(*figures))
         if self.level > logging.INFO:
             return
         if self._json:
             self._write(logging.INFO, end_line(request_id), instance, request_id)
-            self._write(logging.INFO, report, instance, request_id)
+            self._write(logging.INFO, report_line(*figures), instance, request_id)
             return
-        prefix = f"{self._timestamp()} INFO    [{instance} {request_id}] "
-        self._add(f"{prefix}END RequestID: {request_id}\n{prefix}{report}\n", 2)
+        self._add((_end_text, self._timestamp(), instance, figures), 2, _CALL_LINES_CHARS)
 
     def tail(self, request_id: str) -> None:
         """Keep the last TAIL_BYTES of the lines of call `request_id`, whatever the log level,
@@ -134,10 +145,10 @@ class Log:
         tail = self._tails.pop(request_id, None)
         return tail.text() if tail is not None else ""
 
-    def _add(self, text: str, lines: int) -> None:
-        self._pending.append(text)
+    def _add(self, entry: str | tuple, lines: int, chars: int) -> None:
+        self._pending.append(entry)
         self._pending_lines += lines
-        self._pending_chars += len(text)
+        self._pending_chars += chars
         if self._loop is None or self._pending_chars >= FLUSH_CHARS:
             self.flush()
         elif self._flush_timer is None:
@@ -162,7 +173,8 @@ class Log:
             self._flush_timer = None
         if not self._pending:
             return
-        data = "".join(self._pending).encode("utf-8", "replace")
+        data = "".join([entry if type(entry) is str else entry[0](*entry[1:])
+                        for entry in self._pending]).encode("utf-8", "replace")
         lines = self._pending_lines
         self._pending.clear()
         self._pending_lines = self._pending_chars = 0
@@ -390,14 +402,24 @@ def call_end(log: Log, call: Call, status: int, error_message: str | None, memor
     if log.level > logging.INFO:
         return
     init_s = call.init_duration_s
-    duration_ms = (finished_at - dispatched_at + (init_s or 0.0)) * 1000
-    report = report_line(rid, duration_ms, memory_mb, call.peak_kb,
-                         (dispatched_at - call.arrived_at) * 1000,
-                         init_s * 1000 if init_s is not None else None)
+    figures = (rid, (finished_at - dispatched_at + (init_s or 0.0)) * 1000, memory_mb,
+               call.peak_kb, (dispatched_at - call.arrived_at) * 1000,
+               init_s * 1000 if init_s is not None else None)
     if error_message is None:
-        log.call_ended(instance, rid, report)
+        log.call_ended(instance, rid, figures)
     else:
-        log.write(logging.INFO, report, instance, rid)
+        log.write(logging.INFO, report_line(*figures), instance, rid)
+
+
+def _start_text(stamp: str, instance: int, request_id: str, version: str) -> str:
+    return (f"{stamp} INFO    [{instance} {request_id}] "
+            f"START RequestID: {request_id} Version: {version}\n")
+
+
+def _end_text(stamp: str, instance: int, figures: ReportFigures) -> str:
+    request_id = figures[0]
+    prefix = f"{stamp} INFO    [{instance} {request_id}] "
+    return f"{prefix}END RequestID: {request_id}\n{prefix}{report_line(*figures)}\n"
 
 
 def start_line(request_id: str, version: str) -> str:
