@@ -37,11 +37,14 @@ their request bodies already hold --max-queue-mb: then it gets 429 at once. A wa
 outlives the timeout gets 429, except a background (`?integration=async`) call: its caller was
 promised that it runs.
 
-Booting: a new instance reports READY once the entry point has imported. When instances fail
-to boot (the import raises, the process dies, the import outlives the timeout), the pool keeps
-the failure as the answer for calls that have no instance to wait for, and tries again with one
-instance at a time after an exponential, jittered, capped backoff: a broken function costs a
-retry every few seconds, not a core, and fixing the code needs no restart.
+Booting: a new instance reports READY once the entry point has imported. At the pool's start the
+spares begin their import only once the other instances are ready: the imports share the CPU,
+and on a machine with fewer cores than instances a spare's would delay the first call (4
+instances and a spare on 2 cores: five imports at once). When instances fail to boot (the import
+raises, the process dies, the import outlives the timeout), the pool keeps the failure as the
+answer for calls that have no instance to wait for, and tries again with one instance at a time
+after an exponential, jittered, capped backoff: a broken function costs a retry every few
+seconds, not a core, and fixing the code needs no restart.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class Pool:
         self.restarts: collections.Counter[str] = collections.Counter()
         self._started_at = 0.0
         self._announced_ready = False
+        # Spares start once the pool's own instances first are ready (see Booting).
+        self._spares_due = False
         self._stopping = False
         # Set when the supervisor stops accepting connections: readiness turns 503.
         self.draining = False
@@ -468,11 +473,19 @@ class Pool:
     # -- upkeep ----------------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        """Spawn instances up to instances + spares (one at a time while boots fail)."""
+        """Spawn instances up to instances + spares (one at a time while boots fail; the spares
+        once the others are ready, see Booting)."""
         if self._stopping:
             return
         usable = [i for i in self._instances.values() if i.state in _USABLE]
-        missing = self._size() - sum(1 for i in usable if not i.stale)
+        fresh = [i for i in usable if not i.stale]
+        wanted = self._size()
+        if not self._spares_due:
+            ready = sum(1 for i in fresh if i.state is not State.STARTING)
+            self._spares_due = ready >= wanted - self._config.spares
+            if not self._spares_due:
+                wanted -= self._config.spares
+        missing = wanted - len(fresh)
         if self._boot_failure is not None:
             if self._retry_timer is not None or any(i.state is State.STARTING for i in usable):
                 return

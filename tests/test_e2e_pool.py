@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +41,22 @@ def test_without_spares_the_call_after_a_crash_waits_for_a_cold_start(
     response, elapsed_s = timed(lambda: supervisor.call("identity"))
     assert response.status_code == 200
     assert elapsed_s >= IMPORT_S * 0.9
+
+
+def test_at_start_the_spare_imports_once_the_instances_are_ready(
+    launch_supervisor: Launch,
+) -> None:
+    """Imports share the CPU: a spare importing with the instances would delay the first call."""
+    supervisor = launch_supervisor("slow_boot.handler", "--instances", "2", "--spares", "1",
+                                   "--log-level", "debug")
+    log = supervisor.log_text()
+    started = [int(found) for found in re.findall(r"instance (\d+) started \(pid", log)]
+    ready_at = {int(found[1]): found.start() for found in re.finditer(r"instance (\d+) ready", log)}
+    assert len(started) == 3 and len(ready_at) == 3, log
+    spare = started[-1]
+    spare_started_at = log.index(f"instance {spare} started (pid")
+    assert all(ready_at[instance] < spare_started_at for instance in started[:2]), log
+    assert "all 3 instances ready" in log
 
 
 def test_spares_add_no_concurrency(launch_supervisor: Launch) -> None:
