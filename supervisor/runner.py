@@ -53,7 +53,7 @@ def _run(server: Config, functions: list[FunctionSettings], single: str | None,
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2
-    heap.fix_mmap_threshold()
+    heap.fix_thresholds()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve(server, functions, single, host_config, chosen))
 
