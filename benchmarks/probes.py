@@ -55,9 +55,15 @@ def wait_for(server: Server, pattern: re.Pattern[bytes], count: int) -> list[byt
                        f"within {MARK_DEADLINE_S:g} s", server.log_tail())
 
 
-def recovery(server: Server, cycles: int) -> dict[str, Any]:
-    """Crash the instance, then time the next call (fresh connection each), `cycles` times."""
+def recovery(server: Server, cycles: int, says_ready: bool) -> dict[str, Any]:
+    """Crash the instance, then time the next call (fresh connection each), `cycles` times.
+
+    `says_ready`: the server logs `all N instances ready` (sfsupervisor), awaited first: its
+    spare starts importing only after the first 200, and the first crash must find it warm.
+    """
     server.wait_ready()
+    if says_ready:
+        wait_for(server, ALL_READY, 1)
     baseline = [_timed_ok(server.port) for _ in range(cycles)]
     after, crash_statuses, failed = [], [], 0
     for _ in range(cycles):

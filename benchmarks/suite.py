@@ -323,7 +323,8 @@ class Suite:
             try:
                 with self._server("recovery", peer, RECOVERY_ENTRY, RECOVERY_INSTANCES,
                                   extra) as server:
-                    figures = probes.recovery(server, self.settings.recovery_cycles)
+                    figures = probes.recovery(server, self.settings.recovery_cycles,
+                                              says_ready=peer.key.startswith("sfsupervisor"))
             except _FAILURES as exc:
                 self._fail("recovery", peer, title, exc)
                 continue
