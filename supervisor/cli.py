@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from supervisor import __version__, configfile, runner
-from supervisor.config import ENV_PREFIX, MB, Config
-from supervisor.logs import LEVELS
+from supervisor import __version__, configfile, sandbox
+from supervisor.config import ENV_PREFIX, LOG_LEVELS, MB, Config
 
 # The platform's default lifetime of an IAM token, in seconds.
 TOKEN_EXPIRES_IN_S = 43200
@@ -47,12 +46,18 @@ def main(argv: list[str] | None = None) -> None:
             if "--check" in argv:
                 print(configfile.summary(host))
                 sys.exit(0)
+            from supervisor import runner
+
             sys.exit(runner.run_host(host))
         config = parse_config(argv)
     except (UsageError, configfile.ConfigFileError) as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         sys.exit(2)
-    sys.exit(runner.run(config))
+    # The sandbox's probe, a sealed interpreter's start, runs while the runner is imported.
+    choice = sandbox.Choice(config)
+    from supervisor import runner
+
+    sys.exit(runner.run(config, choice))
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
@@ -196,7 +201,7 @@ def _parser(kind: type[argparse.ArgumentParser] = argparse.ArgumentParser
     option("--env-file", str, None, "file of KEY=VALUE lines for the function's environment")
     option("--token", str, None, "context.token: a JSON object, or a bare IAM token")
     option("--log-format", str, "text", "log lines as text or json", choices=["text", "json"])
-    option("--log-level", str, "info", "least severe level logged", choices=list(LEVELS))
+    option("--log-level", str, "info", "least severe level logged", choices=list(LOG_LEVELS))
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="an environment variable for the function (repeatable)")
     parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",

@@ -13,6 +13,8 @@ MB = 1024 * 1024
 PLATFORM_BODY_LIMIT_BYTES = int(3.5 * MB)
 # Variables the supervisor reads for itself; a worker never sees them.
 ENV_PREFIX = "SFSUPERVISOR_"
+# --log-level's choices, least severe first.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,14 @@ from typing import Protocol
 
 from supervisor import pipes
 from supervisor.calls import Call
+from supervisor.config import LOG_LEVELS
 from supervisor.logsink import LogSink
 
 # A REPORT line's figures: request id, duration ms, memory limit MB, peak kB, queuing ms, init
 # ms or None (report_line's arguments).
 ReportFigures = tuple[str, float, int, int, float, float | None]
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {name: getattr(logging, name.upper()) for name in LOG_LEVELS}
 _LEVEL_NAMES = {number: name.upper() for name, number in LEVELS.items()}
 _PADDED_LEVEL_NAMES = {number: f"{name:<7}" for number, name in _LEVEL_NAMES.items()}
 

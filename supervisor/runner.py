@@ -33,11 +33,11 @@ FORCED_CLOSE_TIMEOUT_S = 0.2
 DRAIN_POLL_S = 0.01
 
 
-def run(config: Config) -> int:
+def run(config: Config, choice: sandbox.Choice | None = None) -> int:
     """Serve one function until SIGTERM or SIGINT; returns the exit code (2: the sandbox asked
-    for cannot work here, said in one line)."""
+    for cannot work here, said in one line). `choice`: the sandbox's, if already begun."""
     single = FunctionSettings(config.function_name, config)
-    return _run(config, [single], single.name, None)
+    return _run(config, [single], single.name, None, choice)
 
 
 def run_host(host_config: configfile.HostConfig) -> int:
@@ -46,10 +46,10 @@ def run_host(host_config: configfile.HostConfig) -> int:
 
 
 def _run(server: Config, functions: list[FunctionSettings], single: str | None,
-         host_config: configfile.HostConfig | None) -> int:
+         host_config: configfile.HostConfig | None, choice: sandbox.Choice | None = None) -> int:
     try:
         # Probed with a function's own code root: readable to the sandbox uid, it must be.
-        chosen = sandbox.choose(functions[0].config)
+        chosen = (choice or sandbox.Choice(functions[0].config)).result()
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2

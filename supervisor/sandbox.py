@@ -186,40 +186,78 @@ class Sandbox:
 
 def choose(config: Config) -> Sandbox:
     """The tier for `config.sandbox`; raises SandboxUnavailable when an asked tier cannot work."""
-    mode = config.sandbox
-    if mode == "none":
-        return Sandbox("none", config)
-    if mode == "uid" and os.geteuid() != 0:
-        raise SandboxUnavailable("--sandbox uid needs the supervisor to run as root; without "
-                                 "root use --sandbox ns (user namespaces) or none")
-    candidates = [mode] if mode != "auto" else (["ns", "uid"] if os.geteuid() == 0 else ["ns"])
-    reasons = []
-    for tier in candidates:
-        sandbox = Sandbox(tier, config)
-        reason = _probe(sandbox, config)
-        if reason is None:
-            return sandbox
-        if mode != "auto":
-            raise SandboxUnavailable(f"--sandbox {tier}: {reason}")
-        reasons.append(f"{tier}: {reason}")
-    warning = (f"no sandbox ({'; '.join(reasons)}); {NONE_LEAVES_OPEN}. "
-               "Choose --sandbox none to accept this without a warning")
-    return Sandbox("none", config, warning)
+    return Choice(config).result()
 
 
-def _probe(sandbox: Sandbox, config: Config) -> str | None:
-    """Seal a throwaway process exactly as a worker; None if that works, else why not."""
+class Choice:
+    """The tier for `config.sandbox`, being chosen: the first tier's probe runs from here on, so
+    that it overlaps what the caller does meanwhile (the supervisor's start imports most of its
+    modules then: ~100 ms, and a probe, a sealed interpreter's start, takes ~70)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        mode = config.sandbox
+        self._candidates = [] if mode == "none" else (
+            [mode] if mode != "auto" else (["ns", "uid"] if os.geteuid() == 0 else ["ns"]))
+        self._first: Sandbox | None = None
+        self._started: _Probe | None = None
+        if self._candidates and not (mode == "uid" and os.geteuid() != 0):
+            self._first = Sandbox(self._candidates[0], config)
+            self._started = _start_probe(self._first, config)
+
+    def result(self) -> Sandbox:
+        """The tier in force; raises SandboxUnavailable when an asked tier cannot work."""
+        config, mode = self._config, self._config.sandbox
+        if mode == "none":
+            return Sandbox("none", config)
+        if mode == "uid" and os.geteuid() != 0:
+            raise SandboxUnavailable("--sandbox uid needs the supervisor to run as root; "
+                                     "without root use --sandbox ns (user namespaces) or none")
+        reasons = []
+        for tier in self._candidates:
+            sandbox, self._first = self._first or Sandbox(tier, config), None
+            started, self._started = self._started, None
+            reason = _probe_verdict(started or _start_probe(sandbox, config))
+            if reason is None:
+                return sandbox
+            if mode != "auto":
+                raise SandboxUnavailable(f"--sandbox {tier}: {reason}")
+            reasons.append(f"{tier}: {reason}")
+        warning = (f"no sandbox ({'; '.join(reasons)}); {NONE_LEAVES_OPEN}. "
+                   "Choose --sandbox none to accept this without a warning")
+        return Sandbox("none", config, warning)
+
+
+# A probe: its running process, or why it could not start.
+_Probe = subprocess.Popen | str
+
+
+def _start_probe(sandbox: Sandbox, config: Config) -> _Probe:
+    """Start sealing a throwaway process exactly as a worker would (see _probe_verdict)."""
     spec = sandbox.spec(config.sandbox_uids[0] if sandbox.gives_uids() else None, config)
     try:
-        done = subprocess.run([sys.executable, "-P", "-m", "worker.sandbox", json.dumps(spec)],
-                              cwd=config.code_root, env=spawn_environment(), capture_output=True,
-                              text=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.Popen([sys.executable, "-P", "-m", "worker.sandbox", json.dumps(spec)],
+                                cwd=config.code_root, env=spawn_environment(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        return f"the probe could not run: {exc}"
+
+
+def _probe_verdict(probe: _Probe) -> str | None:
+    """None if the sealed process works as a worker's must, else why not."""
+    if isinstance(probe, str):
+        return probe
+    try:
+        stdout, stderr = probe.communicate(timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        probe.kill()
+        probe.communicate()
         return f"the probe could not run: {exc}"
     try:
-        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+        outcome = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return f"the probe failed: {done.stderr.strip()[-300:] or done.returncode}"
+        return f"the probe failed: {stderr.strip()[-300:] or probe.returncode}"
     if "error" in outcome:
         return f"this machine does not allow it ({outcome['error']})"
     if outcome["unreadable"]:
