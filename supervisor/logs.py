@@ -117,8 +117,9 @@ class Log:
         self._add((_start_text, self._timestamp(), instance, request_id, version), 1,
                   _CALL_LINES_CHARS)
 
-    def call_ended(self, instance: int, request_id: str, figures: ReportFigures) -> None:
+    def call_ended(self, instance: int, figures: ReportFigures) -> None:
         """A call's END line and its REPORT line, of `figures` (see report_line)."""
+        request_id = figures[0]
         if self._tails:
             self._keep_in_tail(request_id, end_line(request_id), report_line(*figures))
         if self.level > logging.INFO:
@@ -406,20 +407,19 @@ def call_end(log: Log, call: Call, status: int, error_message: str | None, memor
                call.peak_kb, (dispatched_at - call.arrived_at) * 1000,
                init_s * 1000 if init_s is not None else None)
     if error_message is None:
-        log.call_ended(instance, rid, figures)
+        log.call_ended(instance, figures)
     else:
         log.write(logging.INFO, report_line(*figures), instance, rid)
 
 
 def _start_text(stamp: str, instance: int, request_id: str, version: str) -> str:
-    return (f"{stamp} INFO    [{instance} {request_id}] "
-            f"START RequestID: {request_id} Version: {version}\n")
+    return f"{stamp} INFO    [{instance} {request_id}] {start_line(request_id, version)}\n"
 
 
 def _end_text(stamp: str, instance: int, figures: ReportFigures) -> str:
     request_id = figures[0]
     prefix = f"{stamp} INFO    [{instance} {request_id}] "
-    return f"{prefix}END RequestID: {request_id}\n{prefix}{report_line(*figures)}\n"
+    return f"{prefix}{end_line(request_id)}\n{prefix}{report_line(*figures)}\n"
 
 
 def start_line(request_id: str, version: str) -> str:
