@@ -197,27 +197,31 @@ class Choice:
     def __init__(self, config: Config) -> None:
         self._config = config
         mode = config.sandbox
-        self._candidates = [] if mode == "none" else (
+        self._needs_root = mode == "uid" and os.geteuid() != 0
+        self._candidates = [] if mode == "none" or self._needs_root else (
             [mode] if mode != "auto" else (["ns", "uid"] if os.geteuid() == 0 else ["ns"]))
-        self._first: Sandbox | None = None
-        self._started: _Probe | None = None
-        if self._candidates and not (mode == "uid" and os.geteuid() != 0):
-            self._first = Sandbox(self._candidates[0], config)
-            self._started = _start_probe(self._first, config)
+        # The first candidate and its probe, started now.
+        self._begun: tuple[Sandbox, _Probe] | None = None
+        if self._candidates:
+            first = Sandbox(self._candidates[0], config)
+            self._begun = (first, _start_probe(first, config))
 
     def result(self) -> Sandbox:
         """The tier in force; raises SandboxUnavailable when an asked tier cannot work."""
         config, mode = self._config, self._config.sandbox
-        if mode == "none":
-            return Sandbox("none", config)
-        if mode == "uid" and os.geteuid() != 0:
+        if self._needs_root:
             raise SandboxUnavailable("--sandbox uid needs the supervisor to run as root; "
                                      "without root use --sandbox ns (user namespaces) or none")
+        if not self._candidates:
+            return Sandbox("none", config)
         reasons = []
         for tier in self._candidates:
-            sandbox, self._first = self._first or Sandbox(tier, config), None
-            started, self._started = self._started, None
-            reason = _probe_verdict(started or _start_probe(sandbox, config))
+            if self._begun is not None:
+                (sandbox, probe), self._begun = self._begun, None
+            else:
+                sandbox = Sandbox(tier, config)
+                probe = _start_probe(sandbox, config)
+            reason = _probe_verdict(probe)
             if reason is None:
                 return sandbox
             if mode != "auto":
