@@ -62,7 +62,7 @@ class Call:
     )
 
     def __init__(self, request_id: str, request: list[Any], body: bytes, arrived_at: float,
-                 on_done: Callable[[Call, Outcome], None], held_bytes: int = 0,
+                 on_done: Callable[[Any, Outcome], None], held_bytes: int = 0,
                  background: bool = False) -> None:
         self.request_id = request_id
         self.request = request

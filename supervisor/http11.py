@@ -425,10 +425,11 @@ class _Connection(asyncio.Protocol):
         self._stalled_bytes = 0
         self._receiving = self._continue_due = False
         request = self._request
+        assert request is not None  # on_headers_complete made it
         body = self._body
         if body:
             request.body = body[0] if len(body) == 1 else b"".join(body)
-        self._queue.append(request)  # type: ignore[arg-type]
+        self._queue.append(request)
         if not request._keep_alive:
             # What follows a last request is never parsed: no request the client does not
             # expect an answer to, and no bytes of another protocol after an Upgrade.

@@ -280,7 +280,7 @@ class Instance:
         except OSError:
             return  # the worker is gone; its exit is handled by _on_exit
         if written < (len(parts[0]) if len(parts) == 1 else sum(map(len, parts))):
-            self._unsent = _after(list(map(memoryview, parts)), written)
+            self._unsent = _after([memoryview(part) for part in parts], written)
             self._loop.add_writer(self._to_worker, self._write_unsent)
 
     def _write_unsent(self) -> None:
@@ -306,7 +306,7 @@ class Instance:
         except BlockingIOError:
             return False
         except OSError:
-            data = b""
+            data = memoryview(b"")
         if not data:
             self._loop.remove_reader(self._from_worker)
             if not self._exited:

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 
@@ -88,7 +89,7 @@ V2 = CgroupLayout(2, "memory.max", "memory.peak", "memory.current", "memory.even
 class InstanceMemory:
     """Memory accounting and tree membership for one worker; the watchdog's kind."""
 
-    description = "watchdog (sampling each instance's process tree every 1 ms)"
+    description: ClassVar[str] = "watchdog (sampling each instance's process tree every 1 ms)"
     # Readable when the kernel OOM-kills a process of the instance (cgroup v1 only).
     oom_events_fd = -1
     # Whether the worker should measure its own per-call peak (a cgroup knows it already).

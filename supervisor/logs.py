@@ -174,7 +174,7 @@ class Log:
             self._flush_timer = None
         if not self._pending:
             return
-        data = "".join([entry if type(entry) is str else entry[0](*entry[1:])
+        data = "".join([entry if isinstance(entry, str) else entry[0](*entry[1:])
                         for entry in self._pending]).encode("utf-8", "replace")
         lines = self._pending_lines
         self._pending.clear()

@@ -22,4 +22,5 @@ def read(fd: int) -> memoryview:
 
     Raises what os.read raises (BlockingIOError when nothing is waiting).
     """
-    return _view[:os.readv(fd, (_buffer,))]
+    size = os.readv(fd, (_buffer,))
+    return _view[:size]

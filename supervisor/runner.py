@@ -120,7 +120,7 @@ async def running_host(config: Config, functions: list[FunctionSettings],
     if not limits.become_subreaper():
         log.warning("cannot become a child subreaper: a daemon a function detaches may outlive "
                     "its instance")
-    helpers = frozenset()
+    helpers: frozenset[int] = frozenset()
     guard_pipe = -1
     if directories := memory.cgroup_directories():
         guard_pid, guard_pipe = guard.start(directories)
