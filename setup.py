@@ -7,14 +7,16 @@ semantics (the test suite runs against the compiled build). The Python files sta
 truth; the extensions sit beside them and are imported in their place.
 
 SFSUPERVISOR_PURE_PYTHON=1 skips the compilation (no C compiler, or stepping through the code),
-and a machine without a compiler gets the pure-Python package instead of a failed install. After
+and a machine where it fails gets the pure-Python package instead of a failed install. After
 editing a compiled module, install again (`pip install -e .`): until then the old extension is
 imported, and tests/test_compiled.py fails to say so.
 """
 
 import os
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 # The modules on the path of every call; the rest of the supervisor runs at start and on events.
 COMPILED = [
@@ -23,6 +25,7 @@ COMPILED = [
     "supervisor/http.py",
     "supervisor/http11.py",
     "supervisor/instance.py",
+    "supervisor/limits.py",
     "supervisor/logs.py",
     "supervisor/metrics.py",
     "supervisor/pipes.py",
@@ -36,10 +39,26 @@ def compiled_extensions() -> list:
         return []
     from mypyc.build import mypycify
 
-    extensions = mypycify(COMPILED, opt_level="3", group_name="sfsupervisor")
-    for extension in extensions:
-        extension.optional = True  # a failed compilation leaves the Python modules in use
-    return extensions
+    return mypycify(COMPILED, opt_level="3", group_name="sfsupervisor")
 
 
-setup(ext_modules=compiled_extensions())
+class AllOrNone(build_ext):
+    """Build every extension or none of them.
+
+    The modules' extensions call into one shared library (the group's): a build that made some
+    and not others, or that left an earlier build's beside the sources, would not import.
+    """
+
+    def run(self) -> None:
+        inplace = self.inplace  # run() clears it while it builds, and restores it on success
+        try:
+            super().run()
+        except Exception as exc:  # distutils' compile, link and exec errors have no common base
+            print(f"warning: compiling with mypyc failed ({exc}); installing pure Python")
+            for extension in self.extensions:  # beside the sources, and in the build tree
+                for self.inplace in (True, False):
+                    Path(self.get_ext_fullpath(extension.name)).unlink(missing_ok=True)
+            self.inplace, self.extensions = inplace, []
+
+
+setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": AllOrNone})

@@ -391,13 +391,13 @@ class _DirectoryRemover:
     def __init__(self) -> None:
         self._pending: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._busy: queue.SimpleQueue[Path] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._remover_thread: threading.Thread | None = None
 
     def remove(self, path: Path) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="cgroup-remover",
+        if self._remover_thread is None:
+            self._remover_thread = threading.Thread(target=self._run, name="cgroup-remover",
                                             daemon=True)
-            self._thread.start()
+            self._remover_thread.start()
         self._pending.put(path)
 
     def retry_busy(self) -> None:
@@ -406,10 +406,10 @@ class _DirectoryRemover:
 
     def finish(self) -> None:
         """Remove what is pending and stop the thread."""
-        if self._thread is not None:
+        if self._remover_thread is not None:
             self._pending.put(None)
-            self._thread.join()
-            self._thread = None
+            self._remover_thread.join()
+            self._remover_thread = None
 
     def _run(self) -> None:
         while (path := self._pending.get()) is not None:
