@@ -24,6 +24,7 @@ from benchmarks.scenarios import (
 )
 from benchmarks.servers import PEERS, REPO_ROOT, stop_all
 from benchmarks.suite import Settings, Suite
+from supervisor import http11
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 # Full runs measure each server and connection count in 3 interleaved rounds of 3 s, so that
@@ -130,6 +131,7 @@ def _meta(settings: Settings, elapsed_s: float, interrupted: bool,
         "scenarios": list(settings.scenarios), "servers": list(settings.servers),
         "elapsed_s": round(elapsed_s, 1), "interrupted": interrupted,
         "sfsupervisor_commit": commit if at_end == commit else f"{commit}, then {at_end}",
+        "sfsupervisor_build": _build(),
         "peers": {key: {"label": PEERS[key].title(settings.instances), "note": PEERS[key].note}
                   for key in settings.servers},
     }
@@ -147,6 +149,11 @@ def _commit() -> str:
         return done.stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + (" +changes" if git("status", "--porcelain", "supervisor", "worker") else "")
+
+
+def _build() -> str:
+    """Whether the supervisor's per-call modules run compiled (setup.py) or as Python."""
+    return "compiled with mypyc" if http11.__file__.endswith(".so") else "pure Python"
 
 
 def _cpu_model() -> str:

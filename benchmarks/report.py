@@ -41,7 +41,8 @@ def _header(meta: dict[str, Any]) -> str:
             f"{meta['mode']}: {meta['rounds']} round(s) of {meta['duration_s']:g} s per server "
             f"and connection count, servers taking turns, after {warmup}; "
             f"pools of {meta['instances']}; wrk, 1 thread, keep-alive connections\n"
-            f"command: {meta['command']} (sfsupervisor at {meta['sfsupervisor_commit']})\n"
+            f"command: {meta['command']} (sfsupervisor at {meta['sfsupervisor_commit']}"
+            f"{', ' + meta['sfsupervisor_build'] if 'sfsupervisor_build' in meta else ''})\n"
             + "\n".join(f"  {peer['label']}: {peer['note']}" for peer in meta["peers"].values()))
 
 
