@@ -43,9 +43,13 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # -- build: the project and its dependencies, installed into a virtualenv -----------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the supervisor's compiled modules (setup.py); the runtime stage needs none.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY supervisor/ supervisor/
 COPY worker/ worker/
 RUN /opt/venv/bin/pip install --no-cache-dir .

@@ -433,7 +433,7 @@ def test_build_stage_copies_what_the_package_is_built_from() -> None:
     packages = {path.parent.name for path in REPO_ROOT.glob("*/__init__.py")
                 if any(re.fullmatch(pattern.replace("*", ".*"), path.parent.name)
                        for pattern in include)}
-    needed = {"pyproject.toml", project["project"]["readme"], *packages}
+    needed = {"pyproject.toml", "setup.py", project["project"]["readme"], *packages}
     copied = {source.rstrip("/") for sources, _ in context_copies(dockerfile_stages()[0])
               for source in sources}
     assert packages and needed <= copied, f"the build stage does not copy {needed - copied}"
