@@ -36,6 +36,12 @@ def test_bare_token_string_becomes_a_bearer_token(router: Supervisor) -> None:
     assert ok_json(router.call("echo"))["context"]["token"] == BARE_TOKEN
 
 
+def test_the_runtime_leaves_no_module_of_its_own_in_sight(router: Supervisor) -> None:
+    # A function may have its own `worker` module; and nothing of the supervisor is loaded in a
+    # worker, its compiled modules' library (setup.py) included.
+    assert ok_json(router.call("modules"))["runtime_modules"] == []
+
+
 def test_default_memory_limit_is_128(router: Supervisor) -> None:
     assert ok_json(router.call("echo"))["context"]["memory_limit_in_mb"] == 128
 

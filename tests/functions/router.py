@@ -80,6 +80,13 @@ def environment(event, context, query):
     return json_response({"env": values, "cwd": os.getcwd()})
 
 
+def modules(event, context, query):
+    """Return the names of loaded modules that look like the runtime's own."""
+    names = [name for name in sys.modules
+             if name.split(".")[0] in ("worker", "supervisor") or "mypyc" in name]
+    return json_response({"runtime_modules": names})
+
+
 def remaining(event, context, query):
     """Return context.get_remaining_time_in_millis()."""
     return json_response({"remaining_ms": context.get_remaining_time_in_millis()})
@@ -163,6 +170,7 @@ ACTIONS = {
     "raise": fail,
     "env": environment,
     "remaining": remaining,
+    "modules": modules,
     "chatter": chatter,
     "log_levels": log_levels,
     "spawn_detached": spawn_detached,
