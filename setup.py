@@ -32,14 +32,25 @@ COMPILED = [
     "supervisor/pool.py",
     "supervisor/responses.py",
 ]
+# The shared library of their code, a top-level module (mypyc adds "__mypyc" to the name).
+LIBRARY = "sfsupervisor"
 
 
 def compiled_extensions() -> list:
     if os.environ.get("SFSUPERVISOR_PURE_PYTHON") == "1":
+        remove_earlier_builds()
         return []
     from mypyc.build import mypycify
 
-    return mypycify(COMPILED, opt_level="3", group_name="sfsupervisor")
+    return mypycify(COMPILED, opt_level="3", group_name=LIBRARY)
+
+
+def remove_earlier_builds() -> None:
+    """Extensions an earlier editable install left beside the sources would still be imported."""
+    root = Path(__file__).parent
+    for module in [*COMPILED, f"{LIBRARY}__mypyc"]:
+        for built in root.glob(module.removesuffix(".py") + ".*.so"):
+            built.unlink()
 
 
 class AllOrNone(build_ext):
