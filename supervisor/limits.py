@@ -396,7 +396,7 @@ class _DirectoryRemover:
     def remove(self, path: Path) -> None:
         if self._remover_thread is None:
             self._remover_thread = threading.Thread(target=self._run, name="cgroup-remover",
-                                            daemon=True)
+                                                    daemon=True)
             self._remover_thread.start()
         self._pending.put(path)
 

@@ -22,5 +22,7 @@ def read(fd: int) -> memoryview:
 
     Raises what os.read raises (BlockingIOError when nothing is waiting).
     """
+    # Not `_view[:os.readv(...)]`: compiled by mypyc (setup.py), a slice's bound is evaluated
+    # twice, and the second read blocks or loses what the first took.
     size = os.readv(fd, (_buffer,))
     return _view[:size]
