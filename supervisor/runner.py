@@ -33,23 +33,25 @@ FORCED_CLOSE_TIMEOUT_S = 0.2
 DRAIN_POLL_S = 0.01
 
 
-def run(config: Config, choice: sandbox.Choice | None = None) -> int:
+def run(config: Config, choice: sandbox.Choice) -> int:
     """Serve one function until SIGTERM or SIGINT; returns the exit code (2: the sandbox asked
-    for cannot work here, said in one line). `choice`: the sandbox's, if already begun."""
+    for cannot work here, said in one line). `choice`: the sandbox's, begun by the caller."""
     single = FunctionSettings(config.function_name, config)
     return _run(config, [single], single.name, None, choice)
 
 
 def run_host(host_config: configfile.HostConfig) -> int:
     """Serve the functions of a --config file (SIGHUP reads it again); the exit code."""
-    return _run(host_config.server, list(host_config.functions.values()), None, host_config)
+    functions = list(host_config.functions.values())
+    # Probed with a function's own code root: readable to the sandbox uid, it must be.
+    choice = sandbox.Choice(functions[0].config)
+    return _run(host_config.server, functions, None, host_config, choice)
 
 
 def _run(server: Config, functions: list[FunctionSettings], single: str | None,
-         host_config: configfile.HostConfig | None, choice: sandbox.Choice | None = None) -> int:
+         host_config: configfile.HostConfig | None, choice: sandbox.Choice) -> int:
     try:
-        # Probed with a function's own code root: readable to the sandbox uid, it must be.
-        chosen = (choice or sandbox.Choice(functions[0].config)).result()
+        chosen = choice.result()
     except sandbox.SandboxUnavailable as exc:
         sys.stderr.write(f"sfsupervisor: error: {exc}\n")
         return 2
